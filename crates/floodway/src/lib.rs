@@ -48,8 +48,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 pub mod dead_letter;
-//pub mod elastic;
-//pub mod limit;
+pub mod elastic;
+pub mod limit;
 pub mod observe;
 pub mod pressure;
 mod priority;
@@ -60,8 +60,8 @@ pub mod shed;
 //pub mod layer;
 
 pub use dead_letter::{DeadLetter, DropReason};
-//pub use elastic::ElasticPool;
-//pub use limit::{ConcurrencyLimiter, KeyedRateLimiter, Quota, RateLimiter};
+pub use elastic::ElasticPool;
+pub use limit::{ConcurrencyLimiter, KeyedRateLimiter, Quota, RateLimiter};
 pub use observe::Observer;
 pub use pressure::{Level, Pressure};
 pub use priority::{ParsePriorityError, Priority};

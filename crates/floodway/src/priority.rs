@@ -43,10 +43,6 @@ impl Priority {
             Priority::Critical => "critical",
         }
     }
-
-    pub(crate) const fn from_index(index: usize) -> Priority {
-        Priority::ALL[index]
-    }
 }
 
 impl fmt::Display for Priority {
@@ -94,8 +90,8 @@ mod tests {
         assert!(Priority::Critical > Priority::High && Priority::Normal > Priority::Low);
         assert_eq!("HIGH".parse::<Priority>(), Ok(Priority::High));
         assert!("urgent".parse::<Priority>().is_err());
-        for p in Priority::ALL {
-            assert_eq!(Priority::from_index(p.index()), p);
+        for (i, p) in Priority::ALL.into_iter().enumerate() {
+            assert_eq!(p.index(), i);
         }
     }
 }

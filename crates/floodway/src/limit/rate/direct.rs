@@ -1,0 +1,156 @@
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::gcra::{self, Decision};
+use super::{Allowed, InsufficientCapacity, Quota, RateError, RateLimited};
+
+/// One GCRA limiter shared by every caller (for example, the delivery rate to one downstream).
+///
+/// State is a single atomic timestamp: checks never lock, and clones of an `Arc<RateLimiter>` all
+/// draw from the same quota. The quota can be changed at run time; debt already incurred carries
+/// over.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use floodway::{Quota, RateLimiter};
+///
+/// let limiter = RateLimiter::new(Quota::per_second(NonZeroU32::new(2).unwrap()));
+/// assert!(limiter.check().is_ok());
+/// assert!(limiter.check().is_ok());
+/// let refused = limiter.check().unwrap_err();
+/// assert!(refused.retry_after.as_millis() > 0 && refused.retry_after.as_millis() <= 500);
+/// ```
+#[derive(Debug)]
+pub struct RateLimiter {
+    start: Instant,
+    tat: AtomicU64,
+    // The quota is read as two relaxed loads: a check racing a quota change may use one old and one
+    // new field, which changes that one decision by at most the difference between the quotas.
+    interval_nanos: AtomicU64,
+    burst: AtomicU64,
+    limited: AtomicU64,
+}
+
+impl RateLimiter {
+    /// A limiter with `quota`, starting with its full burst available.
+    pub fn new(quota: Quota) -> Self {
+        RateLimiter {
+            start: Instant::now(),
+            tat: AtomicU64::new(0),
+            interval_nanos: AtomicU64::new(quota.interval.as_nanos() as u64),
+            burst: AtomicU64::new(u64::from(quota.burst.get())),
+            limited: AtomicU64::new(0),
+        }
+    }
+
+    /// The current quota.
+    pub fn quota(&self) -> Quota {
+        Quota {
+            interval: Duration::from_nanos(self.interval_nanos.load(Ordering::Relaxed)),
+            burst: NonZeroU32::new(self.burst.load(Ordering::Relaxed) as u32)
+                .unwrap_or(NonZeroU32::MIN),
+        }
+    }
+
+    /// Replaces the quota; takes effect for the next check.
+    pub fn set_quota(&self, quota: Quota) {
+        self.interval_nanos
+            .store(quota.interval.as_nanos() as u64, Ordering::Relaxed);
+        self.burst
+            .store(u64::from(quota.burst.get()), Ordering::Relaxed);
+    }
+
+    /// How many requests were refused so far.
+    pub fn limited_count(&self) -> u64 {
+        self.limited.load(Ordering::Relaxed)
+    }
+
+    /// Takes one cell if the quota allows it now.
+    ///
+    /// # Errors
+    /// [`RateLimited`] with the exact time until one cell is available.
+    #[inline]
+    pub fn check(&self) -> Result<Allowed, RateLimited> {
+        match self.check_n_at(1, Instant::now()) {
+            Ok(a) => Ok(a),
+            Err(RateError::Limited(l)) => Err(l),
+            Err(RateError::Insufficient(_)) => unreachable!("a burst is at least one cell"),
+        }
+    }
+
+    /// Takes `n` cells at once, or none.
+    ///
+    /// # Errors
+    /// [`RateError::Limited`] when not now; [`RateError::Insufficient`] when `n` exceeds the burst.
+    pub fn check_n(&self, n: NonZeroU32) -> Result<Allowed, RateError> {
+        self.check_n_at(n.get(), Instant::now())
+    }
+
+    #[inline]
+    fn check_n_at(&self, n: u32, now: Instant) -> Result<Allowed, RateError> {
+        let now = now.saturating_duration_since(self.start).as_nanos() as u64;
+        let quota = self.quota();
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            match gcra::decide(quota, tat, now, n) {
+                Decision::Allow { tat: next, allowed } => {
+                    match self.tat.compare_exchange_weak(
+                        tat,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Ok(allowed),
+                        Err(current) => tat = current,
+                    }
+                }
+                Decision::Deny { wait } => {
+                    self.limited.fetch_add(1, Ordering::Relaxed);
+                    return Err(RateError::Limited(RateLimited {
+                        retry_after: Duration::from_nanos(wait),
+                        limit: quota.burst.get(),
+                    }));
+                }
+                Decision::Never => {
+                    return Err(RateError::Insufficient(InsufficientCapacity {
+                        requested: n,
+                        burst: quota.burst.get(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Waits until one cell is available and takes it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is taken until the future completes.
+    pub async fn until_ready(&self) -> Allowed {
+        loop {
+            match self.check() {
+                Ok(a) => return a,
+                Err(l) => tokio::time::sleep(l.retry_after).await,
+            }
+        }
+    }
+
+    /// Waits until `n` cells are available and takes them.
+    ///
+    /// # Errors
+    /// [`InsufficientCapacity`] at once if `n` exceeds the burst.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is taken until the future completes.
+    pub async fn until_n_ready(&self, n: NonZeroU32) -> Result<Allowed, InsufficientCapacity> {
+        loop {
+            match self.check_n(n) {
+                Ok(a) => return Ok(a),
+                Err(RateError::Limited(l)) => tokio::time::sleep(l.retry_after).await,
+                Err(RateError::Insufficient(e)) => return Err(e),
+            }
+        }
+    }
+}

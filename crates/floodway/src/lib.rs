@@ -57,7 +57,7 @@ pub mod queue;
 pub mod shed;
 
 #[cfg(feature = "tower")]
-//pub mod layer;
+pub mod layer;
 
 pub use dead_letter::{DeadLetter, DropReason};
 pub use elastic::ElasticPool;

@@ -38,7 +38,7 @@ impl<T> fmt::Debug for QueueBuilder<T> {
     }
 }
 
-impl<T: Send + 'static> QueueBuilder<T> {
+impl<T> QueueBuilder<T> {
     pub(super) fn new() -> Self {
         QueueBuilder {
             max_items: 1024,

@@ -457,7 +457,7 @@ impl<T> fmt::Debug for Queue<T> {
     }
 }
 
-impl<T: Send + 'static> Queue<T> {
+impl<T> Queue<T> {
     /// Starts a builder: 1024 items, no byte bound, [`Overflow::Block`]. A dead-letter hook is
     /// required.
     pub fn builder() -> QueueBuilder<T> {

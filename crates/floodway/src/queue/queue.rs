@@ -350,10 +350,14 @@ impl<T> Shared<T> {
                 st.bury(graves, e, DropReason::Expired, now);
                 continue;
             }
-            let front_sojourn = now.saturating_duration_since(front.enqueued);
             let mut from_back = false;
-            if let Some(codel) = st.codel.as_mut() {
-                if codel.on_dequeue(front_sojourn, now) == Verdict::Shed {
+            if st.codel.is_some() {
+                // The queue's delay is the age of its oldest item, whatever its class: with strict
+                // priority, the items served may be fresh while lower classes pile up behind them.
+                let oldest = st.oldest_enqueued().expect("queue is not empty");
+                let delay = now.saturating_duration_since(oldest);
+                let codel = st.codel.as_mut().expect("checked above");
+                if codel.on_dequeue(delay, now) == Verdict::Shed {
                     // Shed the least important work first: the oldest item of the lowest class.
                     let victim = st.lowest_class().expect("queue is not empty");
                     let e = st.remove(victim, false);

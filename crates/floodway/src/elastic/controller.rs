@@ -83,7 +83,7 @@ impl Sizer {
 
     /// The desired size after this observation, and the reason if it differs from `current`.
     pub(crate) fn decide(&mut self, o: Observation) -> (usize, Option<ScaleReason>) {
-        let mut raw = o.busy + o.backlog.div_ceil(self.backlog_per_worker);
+        let mut raw = o.busy + o.backlog / self.backlog_per_worker;
         let late = self.target_sojourn.is_some_and(|t| o.oldest_sojourn > t);
         if late {
             raw = raw.max(o.current + 1);
@@ -109,7 +109,7 @@ impl Sizer {
         let current = o.current.clamp(self.min, self.max);
         if up > current {
             let to = up.min(current + self.max_step_up);
-            let reason = if late && o.busy + o.backlog.div_ceil(self.backlog_per_worker) <= current {
+            let reason = if late && o.busy + o.backlog / self.backlog_per_worker <= current {
                 ScaleReason::Sojourn
             } else {
                 ScaleReason::Backlog

@@ -1,8 +1,9 @@
 //! Resizing: an elastic pool of workers over a [`Queue`](crate::Queue).
 //!
 //! The pool runs between `min` and `max` workers. Every `tick` it computes a *recommendation*:
-//! the workers busy now, plus enough to clear the backlog at `backlog_per_worker` items each, plus
-//! one more whenever the oldest item has waited longer than `target_sojourn`. As Kubernetes' HPA
+//! the workers busy now, plus one for every full `backlog_per_worker` items queued (a smaller
+//! backlog is absorbed by the workers there are), plus one more whenever the oldest item has waited
+//! longer than `target_sojourn`. As Kubernetes' HPA
 //! does, it then stabilises: it scales up to the *lowest* recommendation of the last
 //! `scale_up_window` (default: the latest one, so bursts are met at once), and down to the
 //! *highest* recommendation of the last `scale_down_window` (default 30 s, so a lull does not shrink

@@ -16,9 +16,31 @@ use crate::{ConcurrencyLimiter, Priority};
 /// Requests that find the limit reached wait in the limiter's wait queue if it has one, else are
 /// refused at once with [`Reason::Concurrency`].
 #[derive(Clone, Debug)]
-pub struct ConcurrencyLimitLayer<P = fn(&()) -> Priority> {
+pub struct ConcurrencyLimitLayer<P = AllNormal> {
     limiter: ConcurrencyLimiter,
-    priority: Option<P>,
+    priority: P,
+}
+
+/// Gives every request [`Priority::Normal`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllNormal;
+
+/// Picks a request's class. Implemented for [`AllNormal`] and every `Fn(&Req) -> Priority`.
+pub trait Classify<Req> {
+    /// The class of `req`.
+    fn class(&self, req: &Req) -> Priority;
+}
+
+impl<Req> Classify<Req> for AllNormal {
+    fn class(&self, _req: &Req) -> Priority {
+        Priority::Normal
+    }
+}
+
+impl<Req, F: Fn(&Req) -> Priority> Classify<Req> for F {
+    fn class(&self, req: &Req) -> Priority {
+        self(req)
+    }
 }
 
 impl ConcurrencyLimitLayer {
@@ -26,7 +48,7 @@ impl ConcurrencyLimitLayer {
     pub fn new(limiter: ConcurrencyLimiter) -> Self {
         ConcurrencyLimitLayer {
             limiter,
-            priority: None,
+            priority: AllNormal,
         }
     }
 }
@@ -36,7 +58,7 @@ impl<P> ConcurrencyLimitLayer<P> {
     pub fn with_priority<Q>(self, priority: Q) -> ConcurrencyLimitLayer<Q> {
         ConcurrencyLimitLayer {
             limiter: self.limiter,
-            priority: Some(priority),
+            priority,
         }
     }
 }
@@ -58,17 +80,7 @@ impl<S, P: Clone> Layer<S> for ConcurrencyLimitLayer<P> {
 pub struct ConcurrencyLimit<S, P> {
     inner: S,
     limiter: ConcurrencyLimiter,
-    priority: Option<P>,
-}
-
-trait Classify<Req> {
-    fn class(&self, req: &Req) -> Priority;
-}
-
-impl<Req, P: Fn(&Req) -> Priority> Classify<Req> for Option<P> {
-    fn class(&self, req: &Req) -> Priority {
-        self.as_ref().map_or(Priority::Normal, |p| p(req))
-    }
+    priority: P,
 }
 
 impl<S, P, Req> Service<Req> for ConcurrencyLimit<S, P>
@@ -77,7 +89,7 @@ where
     S::Future: Send,
     S::Error: Into<BoxError>,
     Req: Send + 'static,
-    P: Fn(&Req) -> Priority,
+    P: Classify<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;

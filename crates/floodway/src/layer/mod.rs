@@ -35,7 +35,7 @@ mod error;
 mod queue;
 mod rate;
 
-pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
+pub use concurrency::{AllNormal, Classify, ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use error::{BoxError, Reason, Refused};
 pub use queue::{QueueLayer, QueueService};
 pub use rate::{KeyedRateLimit, KeyedRateLimitLayer, RateLimit, RateLimitLayer};

@@ -105,14 +105,19 @@ async fn queue_layer_rejects_when_full_with_a_hint() {
     let svc = QueueLayer::new(2, Overflow::Reject).layer(inner);
     // One request in the service, one held by the worker waiting for the service to be ready,
     // two in the queue: the queue is full.
-    let pending: Vec<_> = (0..4).map(|i| tokio::spawn(svc.clone().oneshot(i))).collect();
-    for _ in 0..100 {
-        if svc.stats().len == 2 && svc.stats().delivered == 2 {
-            break;
+    let mut pending = Vec::new();
+    for i in 0..4u64 {
+        pending.push(tokio::spawn(svc.clone().oneshot(i as u32)));
+        // Let the worker take what it can before the next request arrives.
+        for _ in 0..100 {
+            let s = svc.stats();
+            if s.offered == i + 1 && s.delivered == (i + 1).min(2) {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
     }
-    assert_eq!(svc.stats().len, 2);
+    assert_eq!(svc.stats().len, 2, "{:?}", svc.stats());
     let e = svc.clone().oneshot(9).await.unwrap_err();
     let r = e.downcast_ref::<Refused>().unwrap();
     assert_eq!(r.reason(), Reason::Full);

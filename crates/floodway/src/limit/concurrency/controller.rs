@@ -9,9 +9,9 @@ pub struct WindowSummary {
     pub samples: u32,
     /// Samples that were dropped or timed out.
     pub drops: u32,
-    /// The mean round-trip time of the window's samples.
+    /// The mean round-trip time of the window's successful samples (zero if there were none).
     pub mean_rtt: Duration,
-    /// The lowest round-trip time in the window.
+    /// The lowest round-trip time of the window's successful samples (zero if there were none).
     pub min_rtt: Duration,
     /// The highest in-flight count seen when a sampled permit was taken.
     pub max_in_flight: usize,
@@ -176,15 +176,18 @@ impl LimitAlgorithm for Vegas {
     }
 
     fn update(&mut self, limit: usize, w: &WindowSummary) -> usize {
+        let l = log10(limit);
+        if w.drops > 0 {
+            return clamp(limit as f64 - l, self.min, self.max);
+        }
+        if w.min_rtt.is_zero() {
+            return limit;
+        }
         let base = match self.base_rtt {
             Some(b) if b <= w.min_rtt => b,
             _ => w.min_rtt,
         };
         self.base_rtt = Some(base);
-        let l = log10(limit);
-        if w.drops > 0 {
-            return clamp(limit as f64 - l, self.min, self.max);
-        }
         if w.max_in_flight * 2 < limit || w.mean_rtt.is_zero() {
             // Not using the limit: the samples say nothing about the downstream's capacity.
             return limit;
@@ -263,18 +266,21 @@ impl LimitAlgorithm for Gradient2 {
 
     fn update(&mut self, limit: usize, w: &WindowSummary) -> usize {
         let short = w.mean_rtt.as_secs_f64();
-        if short <= 0.0 {
-            return limit;
+        if short > 0.0 {
+            let alpha = 2.0 / (self.long_windows + 1.0);
+            let mut long = match self.long_rtt {
+                None => short,
+                Some(long) if short <= long => long + alpha * (short - long),
+                // A sustained queue must not become the new normal: upward, the long RTT moves
+                // ten times slower and takes at most 10% above itself as input.
+                Some(long) => long + alpha / 10.0 * (short.min(long * 1.1) - long),
+            };
+            if long > 2.0 * short {
+                long *= 0.9;
+            }
+            self.long_rtt = Some(long);
         }
-        let alpha = 2.0 / (self.long_windows + 1.0);
-        let mut long = match self.long_rtt {
-            None => short,
-            Some(long) => long + alpha * (short - long),
-        };
-        if long > 2.0 * short {
-            long *= 0.9;
-        }
-        self.long_rtt = Some(long);
+        let long = self.long_rtt.unwrap_or(short);
         let current = match self.exact {
             Some(e) if e.round() as usize == limit => e,
             _ => limit as f64,
@@ -284,6 +290,8 @@ impl LimitAlgorithm for Gradient2 {
         }
         let gradient = if w.drops > 0 {
             0.5
+        } else if short <= 0.0 {
+            return limit;
         } else {
             (self.tolerance * long / short).clamp(0.5, 1.0)
         };

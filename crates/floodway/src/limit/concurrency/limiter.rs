@@ -154,22 +154,27 @@ impl Inner {
             st.stats.drops += 1;
         }
         st.stats.samples += 1;
-        w.rtt_sum += rtt;
-        w.min_rtt = w.min_rtt.min(rtt);
+        if outcome == Outcome::Success {
+            // A refusal's round trip (often a fast error) says nothing about service latency.
+            w.rtt_sum += rtt;
+            w.min_rtt = w.min_rtt.min(rtt);
+        }
         w.max_in_flight = w.max_in_flight.max(in_flight);
         let full = w.samples as usize >= st.limit.max(1);
         let stale = now.saturating_duration_since(w.started) >= self.max_window;
         if !(full || stale) {
             return;
         }
-        let summary = WindowSummary::new(
-            w.samples,
-            w.drops,
-            w.rtt_sum / w.samples,
-            w.min_rtt,
-            w.max_in_flight,
-        );
-        st.mean_rtt = summary.mean_rtt;
+        let successes = w.samples - w.drops;
+        let (mean_rtt, min_rtt) = if successes == 0 {
+            (Duration::ZERO, Duration::ZERO)
+        } else {
+            (w.rtt_sum / successes, w.min_rtt)
+        };
+        let summary = WindowSummary::new(w.samples, w.drops, mean_rtt, min_rtt, w.max_in_flight);
+        if successes > 0 {
+            st.mean_rtt = mean_rtt;
+        }
         st.window = Window::new(now);
         let before = st.limit;
         st.limit = st.algorithm.update(before, &summary).max(1);

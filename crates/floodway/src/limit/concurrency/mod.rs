@@ -22,11 +22,24 @@
 //!   `long_windows` windows; `gradient = clamp(tolerance · long / short, 0.5, 1.0)`;
 //!   `target = limit · gradient + sqrt(limit)`; `limit ← (1 − smoothing) · limit + smoothing · target`.
 //!   When `long > 2 · short` the long RTT is pulled down (×0.9) so recovery after a slow period is
-//!   quick. **Where this differs from the published algorithm**: the published one ignores drops; here a
-//!   window with drops uses the minimum gradient (0.5), because a downstream that refuses fast
-//!   (cheap 503s) *lowers* the mean RTT and would otherwise make the limit grow while it is
-//!   overloaded. The published version also updates per sample; this one per window, which
-//!   makes its behaviour independent of the request rate.
+//!   quick. **Where this differs from the published algorithm**: (1) the published one ignores
+//!   drops; here a window with drops uses the minimum gradient (0.5), because a downstream that
+//!   refuses fast (cheap 503s) would otherwise let the limit grow while it is overloaded.
+//!   (2) Upward, the long RTT moves ten times slower than downward and takes at most 10% above
+//!   itself as input: with a plain EWMA a standing queue becomes the "normal" latency within a few
+//!   dozen windows and the limit drifts up to the refusal point (seen in the simulation tests).
+//!   The price: after a lasting rise in the downstream's real latency, the limit stays low for
+//!   longer. (3) The published version updates per sample; this one per window, which makes its
+//!   behaviour independent of the request rate.
+//!
+//! Round-trip times of dropped samples are left out of a window's RTT figures: a refusal is often
+//! a fast error, and its RTT would make the downstream look quicker, or (for Vegas, which keeps the
+//! lowest RTT seen as its base) poison the baseline for good.
+//!
+//! The simulation tests (`tests/adaptive_sim.rs`, scenarios in `tests/data/concurrency/`) step a
+//! simulated downstream's capacity 40 → 10 → 40 and state the band each algorithm settles in:
+//! Vegas near capacity (40-60, 10-22), Gradient2 near 1.5-2× capacity, AIMD at the downstream's
+//! refusal point (it sees nothing else).
 //! - [`Fixed`]: never changes.
 //!
 //! ## Partitions and waiting

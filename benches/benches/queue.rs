@@ -1,1 +1,151 @@
-fn main(){}
+//! The floodway queue beside tokio's bounded mpsc and flume's bounded channel, in the same run:
+//! SPSC and MPSC (2 producers), async send/receive on a 2-worker runtime, capacity 1024.
+
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use floodway::{DeadLetter, Overflow, Queue};
+
+const ITEMS: u64 = 20_000;
+const CAPACITY: usize = 1024;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap()
+}
+
+async fn floodway_run(producers: u64) {
+    let q = Queue::builder()
+        .max_items(CAPACITY)
+        .overflow(Overflow::Block)
+        .dead_letter(|_l: DeadLetter<u64>| {
+            unreachable!("a blocking queue without deadlines drops nothing")
+        })
+        .build()
+        .unwrap();
+    let per = ITEMS / producers;
+    for _ in 0..producers {
+        let q = q.clone();
+        tokio::spawn(async move {
+            for i in 0..per {
+                q.push(i).await.unwrap();
+            }
+        });
+    }
+    for _ in 0..per * producers {
+        std::hint::black_box(q.pop().await.unwrap());
+    }
+}
+
+async fn tokio_run(producers: u64) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(CAPACITY);
+    let per = ITEMS / producers;
+    for _ in 0..producers {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for i in 0..per {
+                tx.send(i).await.unwrap();
+            }
+        });
+    }
+    drop(tx);
+    for _ in 0..per * producers {
+        std::hint::black_box(rx.recv().await.unwrap());
+    }
+}
+
+async fn flume_run(producers: u64) {
+    let (tx, rx) = flume::bounded::<u64>(CAPACITY);
+    let per = ITEMS / producers;
+    for _ in 0..producers {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for i in 0..per {
+                tx.send_async(i).await.unwrap();
+            }
+        });
+    }
+    drop(tx);
+    for _ in 0..per * producers {
+        std::hint::black_box(rx.recv_async().await.unwrap());
+    }
+}
+
+/// Batched consumers: floodway's `pop_many` beside tokio's `recv_many`, 64 at a time.
+async fn floodway_batched(producers: u64) {
+    let q = Queue::builder()
+        .max_items(CAPACITY)
+        .overflow(Overflow::Block)
+        .dead_letter(|_l: DeadLetter<u64>| {
+            unreachable!("a blocking queue without deadlines drops nothing")
+        })
+        .build()
+        .unwrap();
+    let per = ITEMS / producers;
+    for _ in 0..producers {
+        let q = q.clone();
+        tokio::spawn(async move {
+            for i in 0..per {
+                q.push(i).await.unwrap();
+            }
+        });
+    }
+    let mut buf = Vec::with_capacity(64);
+    let mut got = 0;
+    while got < per * producers {
+        got += q.pop_many(&mut buf, 64).await as u64;
+        std::hint::black_box(&buf);
+        buf.clear();
+    }
+}
+
+async fn tokio_batched(producers: u64) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(CAPACITY);
+    let per = ITEMS / producers;
+    for _ in 0..producers {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for i in 0..per {
+                tx.send(i).await.unwrap();
+            }
+        });
+    }
+    drop(tx);
+    let mut buf = Vec::with_capacity(64);
+    let mut got = 0;
+    while got < per * producers {
+        got += rx.recv_many(&mut buf, 64).await as u64;
+        std::hint::black_box(&buf);
+        buf.clear();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("queue");
+    g.throughput(Throughput::Elements(ITEMS));
+    for producers in [1u64, 2] {
+        let name = if producers == 1 { "spsc" } else { "mpsc2" };
+        g.bench_function(BenchmarkId::new("floodway", name), |b| {
+            b.iter(|| rt.block_on(floodway_run(producers)))
+        });
+        g.bench_function(BenchmarkId::new("tokio_mpsc", name), |b| {
+            b.iter(|| rt.block_on(tokio_run(producers)))
+        });
+        g.bench_function(BenchmarkId::new("flume", name), |b| {
+            b.iter(|| rt.block_on(flume_run(producers)))
+        });
+        g.bench_function(BenchmarkId::new("floodway_batch64", name), |b| {
+            b.iter(|| rt.block_on(floodway_batched(producers)))
+        });
+        g.bench_function(BenchmarkId::new("tokio_mpsc_batch64", name), |b| {
+            b.iter(|| rt.block_on(tokio_batched(producers)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

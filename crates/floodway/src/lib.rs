@@ -45,7 +45,12 @@
 //! This crate does no network or disk I/O; all time is read from [`tokio::time::Instant`], so every
 //! behaviour can be tested with paused time.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
 
 pub mod dead_letter;
 pub mod elastic;

@@ -92,7 +92,10 @@ async fn check(file: &Path) {
         let settled = &limits[phase.settle_within..];
         let [low, high] = phase.band;
         let outside: Vec<_> = settled.iter().filter(|&&l| l < low || l > high).collect();
-        trace.push(format!("phase {i} (capacity {}): {limits:?}", phase.capacity));
+        trace.push(format!(
+            "phase {i} (capacity {}): {limits:?}",
+            phase.capacity
+        ));
         assert!(
             outside.is_empty(),
             "{}: phase {i}: after {} rounds the limit must stay in {low}..={high}\n{}",

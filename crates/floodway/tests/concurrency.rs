@@ -17,7 +17,10 @@ async fn permits_are_released_however_their_holder_ends() {
     let l = ConcurrencyLimiter::fixed(2);
     let a = l.try_acquire(N).unwrap();
     let b = l.try_acquire(N).unwrap();
-    assert!(matches!(l.try_acquire(N), Err(AcquireError::Saturated { .. })));
+    assert!(matches!(
+        l.try_acquire(N),
+        Err(AcquireError::Saturated { .. })
+    ));
     // A task holding a permit is aborted mid-work: the permit comes back.
     let l2 = l.clone();
     drop(a);
@@ -52,7 +55,10 @@ async fn wait_queue_serves_newest_first_and_times_out() {
     });
     tokio::task::yield_now().await;
     // The queue holds two: a third is refused at once.
-    assert!(matches!(l3.acquire(N).await, Err(AcquireError::Saturated { .. })));
+    assert!(matches!(
+        l3.acquire(N).await,
+        Err(AcquireError::Saturated { .. })
+    ));
     advance(ms(50)).await;
     drop(held);
     // LIFO: the newest waiter gets the slot.
@@ -65,12 +71,18 @@ async fn wait_queue_serves_newest_first_and_times_out() {
     assert!(matches!(r, Err(AcquireError::Timeout { .. })));
     drop(held);
     let s = l.stats();
-    assert_eq!((s.in_flight, s.waiting, s.timed_out, s.refused), (0, 0, 1, 1));
+    assert_eq!(
+        (s.in_flight, s.waiting, s.timed_out, s.refused),
+        (0, 0, 1, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_wait_leaves_no_trace() {
-    let l = ConcurrencyLimiter::builder(Fixed(1)).wait_queue(4, Duration::from_secs(60)).build().unwrap();
+    let l = ConcurrencyLimiter::builder(Fixed(1))
+        .wait_queue(4, Duration::from_secs(60))
+        .build()
+        .unwrap();
     let held = l.try_acquire(N).unwrap();
     let r = tokio::time::timeout(ms(10), l.acquire(N)).await;
     assert!(r.is_err());
@@ -87,24 +99,34 @@ async fn partitions_guarantee_a_share_to_each_class() {
         .build()
         .unwrap();
     // Low-priority work fills the whole limit...
-    let low: Vec<_> = (0..10).map(|_| l.try_acquire(Priority::Low).unwrap()).collect();
+    let low: Vec<_> = (0..10)
+        .map(|_| l.try_acquire(Priority::Low).unwrap())
+        .collect();
     assert!(l.try_acquire(Priority::Low).is_err());
     // ...yet critical still gets its guaranteed 5 and normal its 2.
-    let crit: Vec<_> = (0..5).map(|_| l.try_acquire(Priority::Critical).unwrap()).collect();
+    let crit: Vec<_> = (0..5)
+        .map(|_| l.try_acquire(Priority::Critical).unwrap())
+        .collect();
     assert!(l.try_acquire(Priority::Critical).is_err());
-    let normal: Vec<_> = (0..2).map(|_| l.try_acquire(Priority::Normal).unwrap()).collect();
+    let normal: Vec<_> = (0..2)
+        .map(|_| l.try_acquire(Priority::Normal).unwrap())
+        .collect();
     assert!(l.try_acquire(Priority::Normal).is_err());
     assert!(l.try_acquire(Priority::High).is_err());
     assert_eq!(l.stats().in_flight, 17);
     drop((low, crit, normal));
     assert_eq!(l.stats().in_flight, 0);
-    let bad = ConcurrencyLimiter::builder(Fixed(1)).partitions([0.5, 0.6, 0.0, 0.0]).build();
+    let bad = ConcurrencyLimiter::builder(Fixed(1))
+        .partitions([0.5, 0.6, 0.0, 0.0])
+        .build();
     assert!(matches!(bad, Err(ConcurrencyConfigError::BadShares { .. })));
 }
 
 #[tokio::test(start_paused = true)]
 async fn samples_move_an_adaptive_limit() {
-    let l = ConcurrencyLimiter::builder(Aimd::new(1, 100).initial(4)).build().unwrap();
+    let l = ConcurrencyLimiter::builder(Aimd::new(1, 100).initial(4))
+        .build()
+        .unwrap();
     // A full window of successes at full use: +1.
     let permits: Vec<_> = (0..4).map(|_| l.try_acquire(N).unwrap()).collect();
     advance(ms(10)).await;
@@ -124,7 +146,9 @@ async fn samples_move_an_adaptive_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_saturated_refusal_hints_from_recent_round_trips() {
-    let l = ConcurrencyLimiter::builder(Aimd::new(2, 2)).build().unwrap();
+    let l = ConcurrencyLimiter::builder(Aimd::new(2, 2))
+        .build()
+        .unwrap();
     let a = l.try_acquire(N).unwrap();
     let b = l.try_acquire(N).unwrap();
     advance(ms(200)).await;

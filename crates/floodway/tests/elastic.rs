@@ -2,13 +2,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::builder;
-use floodway::elastic::{ElasticConfigError, ScaleReason};
 use floodway::ElasticPool;
+use floodway::elastic::{ElasticConfigError, ScaleReason};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -57,7 +57,11 @@ async fn grows_with_backlog_shrinks_after_the_window_and_finishes_all_work() {
     let drained_at = pool.stats().workers;
     assert_eq!(drained_at, 8);
     tokio::time::sleep(secs(5)).await;
-    assert_eq!(pool.stats().workers, 8, "holds within the stabilisation window");
+    assert_eq!(
+        pool.stats().workers,
+        8,
+        "holds within the stabilisation window"
+    );
     tokio::time::sleep(secs(20)).await;
     assert_eq!(pool.stats().workers, 1, "shrinks to min after the window");
     assert!(pool.stats().scale_downs >= 7);
@@ -128,6 +132,8 @@ async fn late_items_raise_the_desired_size() {
 async fn bad_bounds_are_refused() {
     let (b, _dead) = builder::<u32>();
     let queue = b.build().unwrap();
-    let r = ElasticPool::builder().workers(4, 2).spawn(queue, |_j| async {});
+    let r = ElasticPool::builder()
+        .workers(4, 2)
+        .spawn(queue, |_j| async {});
     assert_eq!(r.unwrap_err(), ElasticConfigError::BadBounds);
 }

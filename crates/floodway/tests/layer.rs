@@ -5,20 +5,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodway::layer::{
-    BoxError, ConcurrencyLimitLayer, KeyedRateLimitLayer, QueueLayer, RateLimitLayer, Reason, Refused,
+    BoxError, ConcurrencyLimitLayer, KeyedRateLimitLayer, QueueLayer, RateLimitLayer, Reason,
+    Refused,
 };
 use floodway::queue::Meta;
-use floodway::{CoDel, ConcurrencyLimiter, DropReason, KeyedRateLimiter, Overflow, Quota, RateLimiter};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use floodway::{
+    CoDel, ConcurrencyLimiter, DropReason, KeyedRateLimiter, Overflow, Quota, RateLimiter,
+};
+use tower::{Layer, ServiceExt, service_fn};
 
 fn reason(e: &BoxError) -> Reason {
-    e.downcast_ref::<Refused>().expect("a floodway refusal").reason()
+    e.downcast_ref::<Refused>()
+        .expect("a floodway refusal")
+        .reason()
 }
 
 #[tokio::test(start_paused = true)]
 async fn rate_limit_is_shared_by_every_clone() {
-    let limiter = Arc::new(RateLimiter::new(Quota::per_second(NonZeroU32::new(3).unwrap())));
-    let svc = RateLimitLayer::new(limiter).layer(service_fn(|x: u32| async move { Ok::<_, BoxError>(x) }));
+    let limiter = Arc::new(RateLimiter::new(Quota::per_second(
+        NonZeroU32::new(3).unwrap(),
+    )));
+    let svc = RateLimitLayer::new(limiter)
+        .layer(service_fn(|x: u32| async move { Ok::<_, BoxError>(x) }));
     let mut ok = 0;
     let mut refused = Vec::new();
     for i in 0..6 {
@@ -37,9 +45,13 @@ async fn rate_limit_is_shared_by_every_clone() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_rate_limit_takes_the_key_from_the_request() {
-    let limiter = Arc::new(KeyedRateLimiter::new(Quota::per_second(NonZeroU32::new(1).unwrap()), 16));
-    let svc = KeyedRateLimitLayer::new(limiter, |req: &(&'static str, u32)| req.0)
-        .layer(service_fn(|r: (&'static str, u32)| async move { Ok::<_, BoxError>(r.1) }));
+    let limiter = Arc::new(KeyedRateLimiter::new(
+        Quota::per_second(NonZeroU32::new(1).unwrap()),
+        16,
+    ));
+    let svc = KeyedRateLimitLayer::new(limiter, |req: &(&'static str, u32)| req.0).layer(
+        service_fn(|r: (&'static str, u32)| async move { Ok::<_, BoxError>(r.1) }),
+    );
     assert!(svc.clone().oneshot(("a", 1)).await.is_ok());
     let e = svc.clone().oneshot(("a", 2)).await.unwrap_err();
     assert_eq!(reason(&e), Reason::Rate);
@@ -68,16 +80,22 @@ async fn concurrency_limit_refuses_beyond_the_limit_and_learns_from_responses() 
 #[tokio::test(start_paused = true)]
 async fn queue_layer_answers_every_caller_even_when_it_sheds() {
     // A slow inner service (one request at a time, 10 ms each) behind a CoDel-managed queue.
-    let inner = tower::limit::ConcurrencyLimitLayer::new(1).layer(service_fn(|id: u32| async move {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        Ok::<_, BoxError>(id)
-    }));
+    let inner =
+        tower::limit::ConcurrencyLimitLayer::new(1).layer(service_fn(|id: u32| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, BoxError>(id)
+        }));
     let svc = QueueLayer::new(10_000, Overflow::Reject)
-        .codel(CoDel::new(Duration::from_millis(5), Duration::from_millis(50)), false)
+        .codel(
+            CoDel::new(Duration::from_millis(5), Duration::from_millis(50)),
+            false,
+        )
         .with_meta(|_: &u32| Meta::default())
         .layer(inner);
     // 200 requests arrive at once: far more than 10 ms each can serve within the target.
-    let calls: Vec<_> = (0..200).map(|i| tokio::spawn(svc.clone().oneshot(i))).collect();
+    let calls: Vec<_> = (0..200)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
     let mut served = 0;
     let mut shed = 0;
     for c in calls {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use floodway::pressure::Watermark;
 use floodway::{Level, Pressure};
-use tokio::time::{advance, Instant};
+use tokio::time::{Instant, advance};
 
 #[tokio::test(start_paused = true)]
 async fn no_flapping_under_a_load_oscillating_around_one_watermark() {
@@ -24,18 +24,30 @@ async fn no_flapping_under_a_load_oscillating_around_one_watermark() {
         }
         advance(Duration::from_millis(10)).await;
     }
-    assert_eq!(changes, 1, "entered saturated once and stayed (exit mark is 0.7)");
+    assert_eq!(
+        changes, 1,
+        "entered saturated once and stayed (exit mark is 0.7)"
+    );
     assert_eq!(p.level(), Level::Saturated);
 }
 
 #[tokio::test(start_paused = true)]
 async fn rises_at_once_falls_only_after_dwell() {
-    let p = Pressure::builder().min_dwell(Duration::from_secs(1)).build().unwrap();
+    let p = Pressure::builder()
+        .min_dwell(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let t0 = Instant::now();
     assert_eq!(p.update_at(0.99, t0), Level::Overloaded);
-    assert_eq!(p.update_at(0.1, t0 + Duration::from_millis(999)), Level::Overloaded);
+    assert_eq!(
+        p.update_at(0.1, t0 + Duration::from_millis(999)),
+        Level::Overloaded
+    );
     assert_eq!(p.update_at(0.1, t0 + Duration::from_secs(1)), Level::Normal);
-    assert_eq!(p.update_at(0.6, t0 + Duration::from_millis(1001)), Level::Elevated);
+    assert_eq!(
+        p.update_at(0.6, t0 + Duration::from_millis(1001)),
+        Level::Elevated
+    );
 }
 
 #[tokio::test(start_paused = true)]

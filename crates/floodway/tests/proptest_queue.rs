@@ -12,12 +12,24 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Push { priority: usize, weight: u8, ttl_ms: Option<u8> },
+    Push {
+        priority: usize,
+        weight: u8,
+        ttl_ms: Option<u8>,
+    },
     /// A blocking push polled once, then dropped if it did not finish.
-    CancelledPush { priority: usize, weight: u8 },
+    CancelledPush {
+        priority: usize,
+        weight: u8,
+    },
     Pop,
-    Resize { items: usize, bytes: u16 },
-    Advance { ms: u8 },
+    Resize {
+        items: usize,
+        bytes: u16,
+    },
+    Advance {
+        ms: u8,
+    },
     Expire,
 }
 
@@ -62,7 +74,10 @@ fn run(policy: Overflow, codel: bool, ops: Vec<Op>) -> Result<(), TestCaseError>
             .overflow(policy)
             .dead_letter(move |l| sink.lock().unwrap().push(l));
         if codel {
-            b = b.codel(CoDel::new(Duration::from_millis(5), Duration::from_millis(20)));
+            b = b.codel(CoDel::new(
+                Duration::from_millis(5),
+                Duration::from_millis(20),
+            ));
         }
         let q = b.build().unwrap();
         let (mut max_items, mut max_bytes) = (6usize, 120u64);
@@ -77,7 +92,11 @@ fn run(policy: Overflow, codel: bool, ops: Vec<Op>) -> Result<(), TestCaseError>
 
         for op in ops {
             match op {
-                Op::Push { priority, weight, ttl_ms } => {
+                Op::Push {
+                    priority,
+                    weight,
+                    ttl_ms,
+                } => {
                     next_id += 1;
                     offered.insert(next_id);
                     let p = Priority::ALL[priority];
@@ -116,21 +135,31 @@ fn run(policy: Overflow, codel: bool, ops: Vec<Op>) -> Result<(), TestCaseError>
                 Op::Pop => {
                     if let Ok(p) = q.try_pop() {
                         delivered.push(p.item.0);
-                        prop_assert!(model.remove(&p.item.0).is_some(), "popped an item not queued");
+                        prop_assert!(
+                            model.remove(&p.item.0).is_some(),
+                            "popped an item not queued"
+                        );
                         // Apply dead letters produced by this pop before checking the order.
                         for l in dead.lock().unwrap()[buried..].iter() {
                             model.remove(&l.item.0);
                         }
                         buried = dead.lock().unwrap().len();
                         let top = model.values().max().copied();
-                        prop_assert!(top.is_none_or(|t| t <= p.priority), "served {:?} before {:?}", p.priority, top);
+                        prop_assert!(
+                            top.is_none_or(|t| t <= p.priority),
+                            "served {:?} before {:?}",
+                            p.priority,
+                            top
+                        );
                     }
                 }
                 Op::Resize { items, bytes } => {
                     q.set_capacity(items, Some(u64::from(bytes))).unwrap();
                     (max_items, max_bytes) = (items, u64::from(bytes));
                 }
-                Op::Advance { ms } => tokio::time::advance(Duration::from_millis(u64::from(ms))).await,
+                Op::Advance { ms } => {
+                    tokio::time::advance(Duration::from_millis(u64::from(ms))).await
+                }
                 Op::Expire => {
                     q.expire();
                 }
@@ -155,7 +184,12 @@ fn run(policy: Overflow, codel: bool, ops: Vec<Op>) -> Result<(), TestCaseError>
         }
         let dead_ids: Vec<u64> = dead.lock().unwrap().iter().map(|l| l.item.0).collect();
         let mut seen = HashSet::new();
-        for id in delivered.iter().chain(&returned).chain(&dead_ids).chain(&queued) {
+        for id in delivered
+            .iter()
+            .chain(&returned)
+            .chain(&dead_ids)
+            .chain(&queued)
+        {
             prop_assert!(seen.insert(*id), "item {id} ended in two places");
         }
         prop_assert_eq!(seen, offered, "some item was lost");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{assert_conserved, builder};
 use floodway::queue::{Admitted, BuildError, Meta, PopError, PushError};
 use floodway::{DropReason, Overflow, Priority};
-use tokio::time::{advance, Instant};
+use tokio::time::{Instant, advance};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -31,7 +31,11 @@ async fn reject_gives_the_item_back_with_a_hint() {
 #[tokio::test(start_paused = true)]
 async fn drop_newest_dead_letters_the_new_item() {
     let (b, dead) = builder::<u32>();
-    let q = b.max_items(2).overflow(Overflow::DropNewest).build().unwrap();
+    let q = b
+        .max_items(2)
+        .overflow(Overflow::DropNewest)
+        .build()
+        .unwrap();
     q.try_push(1).unwrap();
     q.try_push(2).unwrap();
     assert_eq!(q.try_push(3).unwrap(), Admitted::DeadLettered);
@@ -43,7 +47,11 @@ async fn drop_newest_dead_letters_the_new_item() {
 #[tokio::test(start_paused = true)]
 async fn drop_oldest_evicts_in_arrival_order_across_classes() {
     let (b, dead) = builder::<u32>();
-    let q = b.max_items(2).overflow(Overflow::DropOldest).build().unwrap();
+    let q = b
+        .max_items(2)
+        .overflow(Overflow::DropOldest)
+        .build()
+        .unwrap();
     q.try_push_with(1, Meta::priority(Priority::High)).unwrap();
     q.try_push_with(2, Meta::priority(Priority::Low)).unwrap();
     assert_eq!(q.try_push(3).unwrap(), Admitted::Queued { evicted: 1 });
@@ -55,19 +63,28 @@ async fn drop_oldest_evicts_in_arrival_order_across_classes() {
 #[tokio::test(start_paused = true)]
 async fn drop_lowest_priority_spares_important_work() {
     let (b, dead) = builder::<&'static str>();
-    let q = b.max_items(3).overflow(Overflow::DropLowestPriority).build().unwrap();
-    q.try_push_with("low-1", Meta::priority(Priority::Low)).unwrap();
-    q.try_push_with("low-2", Meta::priority(Priority::Low)).unwrap();
-    q.try_push_with("crit", Meta::priority(Priority::Critical)).unwrap();
+    let q = b
+        .max_items(3)
+        .overflow(Overflow::DropLowestPriority)
+        .build()
+        .unwrap();
+    q.try_push_with("low-1", Meta::priority(Priority::Low))
+        .unwrap();
+    q.try_push_with("low-2", Meta::priority(Priority::Low))
+        .unwrap();
+    q.try_push_with("crit", Meta::priority(Priority::Critical))
+        .unwrap();
     // A high item displaces the newest low one.
     assert_eq!(
-        q.try_push_with("high", Meta::priority(Priority::High)).unwrap(),
+        q.try_push_with("high", Meta::priority(Priority::High))
+            .unwrap(),
         Admitted::Queued { evicted: 1 }
     );
     assert_eq!(dead.items_with(DropReason::Displaced), vec!["low-2"]);
     // A low item finds nothing below it: it is the one dead-lettered.
     assert_eq!(
-        q.try_push_with("low-3", Meta::priority(Priority::Low)).unwrap(),
+        q.try_push_with("low-3", Meta::priority(Priority::Low))
+            .unwrap(),
         Admitted::DeadLettered
     );
     assert_eq!(dead.items_with(DropReason::Full), vec!["low-3"]);
@@ -85,9 +102,15 @@ async fn block_waits_for_room_and_resumes_on_pop() {
     let q2 = q.clone();
     let pusher = tokio::spawn(async move { q2.push(2).await });
     tokio::task::yield_now().await;
-    assert!(!pusher.is_finished(), "push must wait while the queue is full");
+    assert!(
+        !pusher.is_finished(),
+        "push must wait while the queue is full"
+    );
     assert_eq!(q.pop().await.unwrap().item, 1);
-    assert_eq!(pusher.await.unwrap().unwrap(), Admitted::Queued { evicted: 0 });
+    assert_eq!(
+        pusher.await.unwrap().unwrap(),
+        Admitted::Queued { evicted: 0 }
+    );
     assert_eq!(q.pop().await.unwrap().item, 2);
     assert_conserved(&q);
 }
@@ -123,11 +146,21 @@ async fn bytes_bound_and_items_that_never_fit() {
         .build()
         .unwrap();
     q.try_push(vec![0; 6]).unwrap();
-    assert!(matches!(q.try_push(vec![0; 5]), Err(PushError::Full { .. })));
+    assert!(matches!(
+        q.try_push(vec![0; 5]),
+        Err(PushError::Full { .. })
+    ));
     q.try_push(vec![0; 4]).unwrap();
     assert_eq!(q.stats().bytes, 10);
     let never = q.try_push(vec![0; 11]).unwrap_err();
-    assert!(matches!(never, PushError::TooLarge { weight: 11, max_bytes: 10, .. }));
+    assert!(matches!(
+        never,
+        PushError::TooLarge {
+            weight: 11,
+            max_bytes: 10,
+            ..
+        }
+    ));
     assert_eq!(never.retry_after(), None, "never is not 'not now'");
     assert_conserved(&q);
 }
@@ -137,11 +170,20 @@ async fn builder_refuses_combinations_that_cannot_work() {
     let none = floodway::Queue::<u8>::builder().build().unwrap_err();
     assert_eq!(none, BuildError::NoDeadLetterHook);
     let (b, _) = builder::<u8>();
-    assert_eq!(b.max_bytes(10).build().unwrap_err(), BuildError::BytesWithoutWeigher);
+    assert_eq!(
+        b.max_bytes(10).build().unwrap_err(),
+        BuildError::BytesWithoutWeigher
+    );
     let (b, _) = builder::<u8>();
-    assert_eq!(b.max_items(0).build().unwrap_err(), BuildError::ZeroCapacity);
+    assert_eq!(
+        b.max_items(0).build().unwrap_err(),
+        BuildError::ZeroCapacity
+    );
     let (b, _) = builder::<u8>();
-    assert_eq!(b.adaptive_lifo(true).build().unwrap_err(), BuildError::LifoWithoutCoDel);
+    assert_eq!(
+        b.adaptive_lifo(true).build().unwrap_err(),
+        BuildError::LifoWithoutCoDel
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -149,16 +191,26 @@ async fn deadlines_expire_in_the_queue_and_at_the_door() {
     let (b, dead) = builder::<u32>();
     let q = b.max_items(10).build().unwrap();
     let now = Instant::now();
-    q.try_push_with(1, Meta::default().with_deadline(now + ms(100))).unwrap();
-    q.try_push_with(2, Meta::default().with_deadline(now + ms(500))).unwrap();
+    q.try_push_with(1, Meta::default().with_deadline(now + ms(100)))
+        .unwrap();
+    q.try_push_with(2, Meta::default().with_deadline(now + ms(500)))
+        .unwrap();
     q.try_push(3).unwrap();
-    let late = q.try_push_with(4, Meta::default().with_deadline(now)).unwrap_err();
+    let late = q
+        .try_push_with(4, Meta::default().with_deadline(now))
+        .unwrap_err();
     assert!(matches!(late, PushError::Expired { item: 4 }));
     advance(ms(200)).await;
-    assert_eq!(q.try_pop().unwrap().item, 2, "item 1 expired and is skipped");
+    assert_eq!(
+        q.try_pop().unwrap().item,
+        2,
+        "item 1 expired and is skipped"
+    );
     assert_eq!(dead.items_with(DropReason::Expired), vec![1]);
     let expiring = q.clone();
-    expiring.try_push_with(5, Meta::default().with_ttl(ms(10))).unwrap();
+    expiring
+        .try_push_with(5, Meta::default().with_ttl(ms(10)))
+        .unwrap();
     advance(ms(20)).await;
     assert_eq!(q.expire(), 1);
     assert_eq!(dead.items_with(DropReason::Expired), vec![1, 5]);
@@ -171,10 +223,14 @@ async fn sojourn_is_measured_and_priority_orders_service() {
     let q = b.build().unwrap();
     q.try_push_with(1, Meta::priority(Priority::Low)).unwrap();
     advance(ms(30)).await;
-    q.try_push_with(2, Meta::priority(Priority::Critical)).unwrap();
+    q.try_push_with(2, Meta::priority(Priority::Critical))
+        .unwrap();
     advance(ms(10)).await;
     let first = q.pop().await.unwrap();
-    assert_eq!((first.item, first.priority, first.sojourn), (2, Priority::Critical, ms(10)));
+    assert_eq!(
+        (first.item, first.priority, first.sojourn),
+        (2, Priority::Critical, ms(10))
+    );
     let second = q.pop().await.unwrap();
     assert_eq!((second.item, second.sojourn), (1, ms(40)));
 }
@@ -227,7 +283,10 @@ async fn close_wakes_blocked_producers_and_drains_consumers() {
     let pusher = tokio::spawn(async move { q2.push(2).await });
     tokio::task::yield_now().await;
     q.close();
-    assert!(matches!(pusher.await.unwrap(), Err(PushError::Closed { item: 2 })));
+    assert!(matches!(
+        pusher.await.unwrap(),
+        Err(PushError::Closed { item: 2 })
+    ));
     assert_eq!(q.pop().await.unwrap().item, 1);
     assert_eq!(q.pop().await, None);
     assert_eq!(q.try_pop().unwrap_err(), PopError::Closed);
@@ -268,7 +327,10 @@ async fn retry_hints_shrink_as_the_queue_drains() {
         }
     }
     let full_hint = q.try_push(0).unwrap_err().retry_after().unwrap();
-    assert!(full_hint >= ms(5) && full_hint <= ms(20), "one item at 100/s: {full_hint:?}");
+    assert!(
+        full_hint >= ms(5) && full_hint <= ms(20),
+        "one item at 100/s: {full_hint:?}"
+    );
     // A batch that needs 50 items of room must wait longer than one that needs 5.
     let (far, near) = (q.retry_after(50), q.retry_after(5));
     assert!(far > near, "{far:?} > {near:?}");
@@ -282,4 +344,30 @@ async fn retry_hints_shrink_as_the_queue_drains() {
         }
     }
     assert!(hints.windows(2).all(|w| w[1] < w[0]), "{hints:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pop_many_takes_a_batch_in_priority_order() {
+    let (b, _) = builder::<u32>();
+    let q = b.build().unwrap();
+    for i in 0..5 {
+        q.try_push_with(
+            i,
+            Meta::priority(if i == 3 {
+                Priority::High
+            } else {
+                Priority::Normal
+            }),
+        )
+        .unwrap();
+    }
+    let mut buf = Vec::new();
+    buf.push(q.try_pop().unwrap()); // already holds one: the count is of new items
+    assert_eq!(q.pop_many(&mut buf, 3).await, 3);
+    let items: Vec<u32> = buf.iter().map(|p| p.item).collect();
+    assert_eq!(items, vec![3, 0, 1, 2]);
+    assert_eq!(q.pop_many(&mut buf, 10).await, 1);
+    q.close();
+    assert_eq!(q.pop_many(&mut buf, 10).await, 0);
+    assert_conserved(&q);
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use floodway::limit::rate::{KeyedRateError, RateError};
 use floodway::{KeyedRateLimiter, Quota, RateLimiter};
-use tokio::time::{advance, Instant};
+use tokio::time::{Instant, advance};
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()
@@ -19,14 +19,14 @@ fn ms(n: u64) -> Duration {
 async fn gcra_exact_decisions() {
     // 10 per second (one per 100 ms), burst 3.
     let l = RateLimiter::new(Quota::per_second(nz(10)).allow_burst(nz(3)));
-    let remaining: Vec<u32> = (0..3).map(|_| l.check().unwrap().remaining).collect();
+    let remaining: Vec<u32> = (0..3).map(|_| l.check().unwrap().remaining()).collect();
     assert_eq!(remaining, vec![2, 1, 0]);
     assert_eq!(l.check().unwrap_err().retry_after, ms(100));
     advance(ms(40)).await;
     assert_eq!(l.check().unwrap_err().retry_after, ms(60));
     advance(ms(60)).await;
     let a = l.check().unwrap();
-    assert_eq!((a.remaining, a.reset), (0, ms(300)));
+    assert_eq!((a.remaining(), a.reset()), (0, ms(300)));
     // Sustained: exactly one per interval.
     for _ in 0..5 {
         assert!(l.check().is_err());

@@ -15,7 +15,11 @@ fn ms(n: u64) -> Duration {
 }
 
 /// Keeps a standing queue: `arrivals` per ms, one pop per ms, for `total` ms.
-async fn run_standing(q: &floodway::Queue<(Priority, u32)>, total: u64, mix: &[Priority]) -> Vec<(Priority, u32)> {
+async fn run_standing(
+    q: &floodway::Queue<(Priority, u32)>,
+    total: u64,
+    mix: &[Priority],
+) -> Vec<(Priority, u32)> {
     let mut served = Vec::new();
     let mut n = 0;
     for _ in 0..total {
@@ -34,12 +38,19 @@ async fn run_standing(q: &floodway::Queue<(Priority, u32)>, total: u64, mix: &[P
 #[tokio::test(start_paused = true)]
 async fn codel_sheds_a_standing_queue_lowest_class_first() {
     let (b, dead) = builder::<(Priority, u32)>();
-    let q = b.max_items(100_000).codel(CoDel::new(ms(5), ms(100))).build().unwrap();
+    let q = b
+        .max_items(100_000)
+        .codel(CoDel::new(ms(5), ms(100)))
+        .build()
+        .unwrap();
     // Two arrivals per ms (one critical, one low), one departure: a queue that keeps growing.
     let served = run_standing(&q, 1000, &[Priority::Critical, Priority::Low]).await;
     let shed = dead.items_with(DropReason::Shed);
     assert!(!shed.is_empty(), "a standing queue must be shed");
-    assert!(shed.iter().all(|(p, _)| *p == Priority::Low), "critical items are shed last");
+    assert!(
+        shed.iter().all(|(p, _)| *p == Priority::Low),
+        "critical items are shed last"
+    );
     assert!(served.iter().all(|(p, _)| *p == Priority::Critical));
     assert!(q.stats().standing);
     assert_conserved(&q);
@@ -64,12 +75,20 @@ async fn codel_leaves_a_short_burst_alone() {
 #[tokio::test(start_paused = true)]
 async fn adaptive_lifo_serves_newest_under_a_standing_queue() {
     let (b, _dead) = builder::<(Priority, u32)>();
-    let q = b.codel(CoDel::new(ms(5), ms(100))).adaptive_lifo(true).max_items(100_000).build().unwrap();
+    let q = b
+        .codel(CoDel::new(ms(5), ms(100)))
+        .adaptive_lifo(true)
+        .max_items(100_000)
+        .build()
+        .unwrap();
     let served = run_standing(&q, 400, &[Priority::Normal, Priority::Normal]).await;
     // FIFO at first (ids rise slowly), then newest first once the queue is standing: the last
     // items served are recent ones, far ahead of where FIFO order would be.
     let last = served.last().unwrap().1;
-    assert!(last > 700, "LIFO serves recent arrivals (served id {last} of 800)");
+    assert!(
+        last > 700,
+        "LIFO serves recent arrivals (served id {last} of 800)"
+    );
     let early = served[10].1;
     assert!(early < 30, "FIFO while calm (served id {early})");
 }

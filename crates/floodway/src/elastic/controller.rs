@@ -122,7 +122,11 @@ impl Sizer {
         }
         if current != o.current {
             // Outside the bounds (e.g. after they changed): come back within them.
-            let reason = if current > o.current { ScaleReason::Backlog } else { ScaleReason::Idle };
+            let reason = if current > o.current {
+                ScaleReason::Backlog
+            } else {
+                ScaleReason::Idle
+            };
             return (current, Some(reason));
         }
         (current, None)
@@ -149,18 +153,33 @@ mod tests {
         let t0 = Instant::now();
         let mut z = Sizer::new(1, 10, 10, None, Duration::ZERO, s(30), 2, 1);
         // 2 busy, 100 queued: wants 12, capped at 10, moves 2 at a time.
-        assert_eq!(z.decide(obs(t0, 2, 2, 100)), (4, Some(ScaleReason::Backlog)));
+        assert_eq!(
+            z.decide(obs(t0, 2, 2, 100)),
+            (4, Some(ScaleReason::Backlog))
+        );
         // Idle at t0+1: the high recommendation at t0 is still in the 30 s window: hold.
         assert_eq!(z.decide(obs(t0 + s(1), 4, 0, 0)), (4, None));
         assert_eq!(z.decide(obs(t0 + s(30), 4, 0, 0)), (4, None));
         // Once t0 leaves the window, step down by one.
-        assert_eq!(z.decide(obs(t0 + s(31), 4, 0, 0)), (3, Some(ScaleReason::Idle)));
+        assert_eq!(
+            z.decide(obs(t0 + s(31), 4, 0, 0)),
+            (3, Some(ScaleReason::Idle))
+        );
     }
 
     #[test]
     fn late_items_add_a_worker() {
         let t0 = Instant::now();
-        let mut z = Sizer::new(1, 10, 100, Some(Duration::from_millis(50)), Duration::ZERO, Duration::ZERO, 4, 1);
+        let mut z = Sizer::new(
+            1,
+            10,
+            100,
+            Some(Duration::from_millis(50)),
+            Duration::ZERO,
+            Duration::ZERO,
+            4,
+            1,
+        );
         let mut o = obs(t0, 3, 2, 1); // the backlog alone asks for 3: no change
         o.oldest_sojourn = Duration::from_millis(200);
         assert_eq!(z.decide(o), (4, Some(ScaleReason::Sojourn)));

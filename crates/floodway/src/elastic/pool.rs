@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -142,7 +142,11 @@ impl ElasticBuilder {
     ///
     /// # Errors
     /// [`ElasticConfigError`] for bounds or settings that cannot work.
-    pub fn spawn<T, F, Fut>(self, queue: Queue<T>, handler: F) -> Result<ElasticPool, ElasticConfigError>
+    pub fn spawn<T, F, Fut>(
+        self,
+        queue: Queue<T>,
+        handler: F,
+    ) -> Result<ElasticPool, ElasticConfigError>
     where
         T: Send + 'static,
         F: Fn(Popped<T>) -> Fut + Send + Sync + 'static,

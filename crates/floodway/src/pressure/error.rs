@@ -27,14 +27,20 @@ impl fmt::Display for PressureConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PressureConfigError::NoBand { level } => {
-                write!(f, "level {level}: exit watermark must be below enter watermark")
+                write!(
+                    f,
+                    "level {level}: exit watermark must be below enter watermark"
+                )
             }
             PressureConfigError::NotIncreasing { level } => write!(
                 f,
                 "level {level}: enter watermark must be above the previous level's"
             ),
             PressureConfigError::NotFinite { level } => {
-                write!(f, "level {level}: watermarks must be finite and not negative")
+                write!(
+                    f,
+                    "level {level}: watermarks must be finite and not negative"
+                )
             }
         }
     }

@@ -6,8 +6,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::PressureConfigError;
-use crate::observe::Reporter;
 use crate::Observer;
+use crate::observe::Reporter;
 use std::sync::Arc;
 
 /// How loaded a component is, from calm to refusing.
@@ -236,7 +236,10 @@ impl Pressure {
 
     /// The last utilisation sample.
     pub fn utilisation(&self) -> f64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).utilisation
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .utilisation
     }
 
     /// A receiver that wakes whenever the level changes.
@@ -255,17 +258,32 @@ mod tests {
             .watermark(Level::Elevated, Watermark::new(0.5, 0.5))
             .build()
             .unwrap_err();
-        assert_eq!(e, PressureConfigError::NoBand { level: Level::Elevated });
+        assert_eq!(
+            e,
+            PressureConfigError::NoBand {
+                level: Level::Elevated
+            }
+        );
         let e = Pressure::builder()
             .watermark(Level::Saturated, Watermark::new(0.4, 0.3))
             .build()
             .unwrap_err();
-        assert_eq!(e, PressureConfigError::NotIncreasing { level: Level::Saturated });
+        assert_eq!(
+            e,
+            PressureConfigError::NotIncreasing {
+                level: Level::Saturated
+            }
+        );
         let e = Pressure::builder()
             .watermark(Level::Overloaded, Watermark::new(f64::NAN, 0.3))
             .build()
             .unwrap_err();
-        assert_eq!(e, PressureConfigError::NotFinite { level: Level::Overloaded });
+        assert_eq!(
+            e,
+            PressureConfigError::NotFinite {
+                level: Level::Overloaded
+            }
+        );
     }
 
     #[test]

@@ -85,7 +85,9 @@ impl DrainRate {
 
     /// The rate with the open window folded in as of `now`.
     fn folded(&self, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(self.window_start).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.window_start)
+            .as_secs_f64();
         if elapsed <= 0.0 {
             return self.rate;
         }
@@ -138,7 +140,11 @@ mod tests {
             r.record(2, t0 + ms(10 * i)); // 200 per second for 3 s
         }
         let now = t0 + ms(3000);
-        assert!((r.per_second(now) - 200.0).abs() < 5.0, "{}", r.per_second(now));
+        assert!(
+            (r.per_second(now) - 200.0).abs() < 5.0,
+            "{}",
+            r.per_second(now)
+        );
         // Two seconds of silence: the estimate falls, and the hint grows.
         let later = now + ms(2000);
         assert!(r.per_second(later) < 20.0, "{}", r.per_second(later));
@@ -150,7 +156,10 @@ mod tests {
     fn no_rate_means_max_and_clamps_apply() {
         let t0 = Instant::now();
         let r = DrainRate::new(ms(100), ms(500), t0);
-        let b = RetryBounds { min: ms(50), max: ms(2000) };
+        let b = RetryBounds {
+            min: ms(50),
+            max: ms(2000),
+        };
         assert_eq!(r.time_to_drain(1, t0, b), ms(2000));
         let mut r = r;
         r.record(1000, t0 + ms(100)); // 10_000 per second

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use super::queue::{Queue, Weigher};
 use super::{BuildError, Overflow};
+use crate::Observer;
 use crate::dead_letter::DeadLetterSink;
 use crate::observe::Reporter;
 use crate::pressure::RetryBounds;
 use crate::shed::CoDel;
-use crate::Observer;
 
 /// Builds a [`Queue`]; see [`Queue::builder`].
 pub struct QueueBuilder<T> {

@@ -71,7 +71,9 @@ impl<T> fmt::Debug for PushError<T> {
                 .debug_struct("Full")
                 .field("retry_after", retry_after)
                 .finish_non_exhaustive(),
-            PushError::TooLarge { weight, max_bytes, .. } => f
+            PushError::TooLarge {
+                weight, max_bytes, ..
+            } => f
                 .debug_struct("TooLarge")
                 .field("weight", weight)
                 .field("max_bytes", max_bytes)
@@ -88,7 +90,9 @@ impl<T> fmt::Display for PushError<T> {
             PushError::Full { retry_after, .. } => {
                 write!(f, "queue full; retry after {} ms", retry_after.as_millis())
             }
-            PushError::TooLarge { weight, max_bytes, .. } => write!(
+            PushError::TooLarge {
+                weight, max_bytes, ..
+            } => write!(
                 f,
                 "item of {weight} bytes can never fit a queue bounded to {max_bytes} bytes"
             ),

@@ -9,11 +9,11 @@ use tokio::time::Instant;
 
 use super::builder::QueueBuilder;
 use super::{Admitted, BuildError, Meta, Overflow, PopError, PushError};
+use crate::Priority;
 use crate::dead_letter::{DeadLetter, DeadLetterSink, DropCounts, DropReason};
 use crate::observe::Reporter;
 use crate::pressure::{DrainRate, RetryBounds};
 use crate::shed::{CoDel, Verdict};
-use crate::Priority;
 
 pub(super) type Weigher<T> = Box<dyn Fn(&T) -> u64 + Send + Sync>;
 
@@ -127,6 +127,7 @@ struct State<T> {
     refused: Refusals,
     dead: DropCounts,
     push_waiters: usize,
+    pop_waiters: usize,
     last_sojourn: Duration,
 }
 
@@ -155,7 +156,11 @@ impl<T> State<T> {
 
     fn remove(&mut self, class: usize, from_back: bool) -> Entry<T> {
         let q = &mut self.classes[class];
-        let e = if from_back { q.pop_back() } else { q.pop_front() };
+        let e = if from_back {
+            q.pop_back()
+        } else {
+            q.pop_front()
+        };
         let e = e.expect("remove called on an empty class");
         self.class_bytes[class] -= e.weight;
         self.len -= 1;
@@ -196,6 +201,18 @@ impl<T> State<T> {
             .map(|(_, t)| t)
     }
 
+    /// Whether blocked producers should be woken now. Waking them on every freed slot makes a
+    /// producer and a consumer ping-pong one item at a time; instead they are woken once an eighth
+    /// of the item bound is free (or the queue is empty), and push a batch. A byte-bound queue
+    /// still wakes them on every departure, since the room a waiting item needs is unknown here.
+    fn wake_producers(&self) -> bool {
+        if self.push_waiters == 0 {
+            return false;
+        }
+        let slack = (self.max_items / 8).max(1);
+        self.len == 0 || self.len + slack <= self.max_items || self.max_bytes != u64::MAX
+    }
+
     /// Dead-letters expired items at the front of each class (cheap: stops at the first live one).
     fn purge_expired_fronts(&mut self, now: Instant, graves: &mut Graveyard<T>) {
         for c in 0..CLASSES {
@@ -209,14 +226,18 @@ impl<T> State<T> {
     /// How long until an item of `weight` would fit, from the measured drain rate.
     fn retry_hint(&self, weight: u64, now: Instant, bounds: RetryBounds) -> Duration {
         let by_count = (self.len + 1).saturating_sub(self.max_items) as u64;
-        let over = self.bytes.saturating_add(weight).saturating_sub(self.max_bytes);
+        let over = self
+            .bytes
+            .saturating_add(weight)
+            .saturating_sub(self.max_bytes);
         let by_bytes = if over == 0 || self.len == 0 {
             0
         } else {
             let mean = (self.bytes / self.len as u64).max(1);
             over.div_ceil(mean)
         };
-        self.drain.time_to_drain(by_count.max(by_bytes).max(1), now, bounds)
+        self.drain
+            .time_to_drain(by_count.max(by_bytes).max(1), now, bounds)
     }
 }
 
@@ -269,7 +290,14 @@ impl<T> Shared<T> {
         }
         if weight > st.max_bytes {
             let max_bytes = st.max_bytes;
-            return refuse(st, PushError::TooLarge { item, weight, max_bytes });
+            return refuse(
+                st,
+                PushError::TooLarge {
+                    item,
+                    weight,
+                    max_bytes,
+                },
+            );
         }
         if meta.deadline.is_some_and(|d| d <= now) {
             return refuse(st, PushError::Expired { item });
@@ -291,7 +319,9 @@ impl<T> Shared<T> {
             Overflow::DropOldest => {
                 let mut evicted = 0;
                 while !st.fits(weight) {
-                    let c = st.oldest_class().expect("an item that fits alone fits an empty queue");
+                    let c = st
+                        .oldest_class()
+                        .expect("an item that fits alone fits an empty queue");
                     let e = st.remove(c, false);
                     st.bury(graves, e, DropReason::Evicted, now);
                     evicted += 1;
@@ -341,7 +371,12 @@ impl<T> Shared<T> {
     }
 
     /// Takes the next item to serve, shedding and expiring on the way.
-    fn take(&self, st: &mut State<T>, now: Instant, graves: &mut Graveyard<T>) -> Option<Popped<T>> {
+    fn take(
+        &self,
+        st: &mut State<T>,
+        now: Instant,
+        graves: &mut Graveyard<T>,
+    ) -> Option<Popped<T>> {
         loop {
             let c = st.highest_class()?;
             let front = st.classes[c].front().expect("class is not empty");
@@ -393,7 +428,8 @@ impl<T> Shared<T> {
             self.not_full.notify_waiters();
         }
         for letter in graves {
-            self.reporter.counter("dead_lettered", letter.reason.as_str(), 1);
+            self.reporter
+                .counter("dead_lettered", letter.reason.as_str(), 1);
             self.dead_letter.dead_letter(letter);
         }
     }
@@ -490,6 +526,7 @@ impl<T> Queue<T> {
             refused: Refusals::default(),
             dead: DropCounts::default(),
             push_waiters: 0,
+            pop_waiters: 0,
             last_sojourn: Duration::ZERO,
         };
         Queue {
@@ -525,7 +562,7 @@ impl<T> Queue<T> {
         let weight = self.shared.weigh(&item);
         let now = Instant::now();
         let mut graves = Vec::new();
-        let (result, len, bytes) = {
+        let (result, len, bytes, consumers) = {
             let mut st = self.shared.lock();
             st.offered += 1;
             let step = self
@@ -534,11 +571,12 @@ impl<T> Queue<T> {
             let Step::Done(result) = step else {
                 unreachable!("admit never asks to wait when waiting is not allowed")
             };
-            (result, st.len, st.bytes)
+            let consumers = st.pop_waiters > 0;
+            (result, st.len, st.bytes, consumers)
         };
         self.shared.report_push(&result, len, bytes);
         let queued = matches!(result, Ok(Admitted::Queued { .. }));
-        self.shared.settle(graves, queued, false);
+        self.shared.settle(graves, queued && consumers, false);
         result
     }
 
@@ -588,13 +626,13 @@ impl<T> Queue<T> {
     pub fn try_pop(&self) -> Result<Popped<T>, PopError> {
         let now = Instant::now();
         let mut graves = Vec::new();
-        let (popped, closed, waiters) = {
+        let (popped, closed, wake) = {
             let mut st = self.shared.lock();
             let popped = self.shared.take(&mut st, now, &mut graves);
-            (popped, st.closed, st.push_waiters > 0)
+            (popped, st.closed, st.wake_producers())
         };
         let freed = popped.is_some() || !graves.is_empty();
-        self.shared.settle(graves, false, freed && waiters);
+        self.shared.settle(graves, false, freed && wake);
         self.report_pop(&popped);
         match popped {
             Some(p) => Ok(p),
@@ -609,24 +647,33 @@ impl<T> Queue<T> {
     /// # Cancel safety
     /// Cancel safe: an item is removed from the queue only in the poll that returns it.
     pub async fn pop(&self) -> Option<Popped<T>> {
+        let mut wait = PopWait {
+            shared: &self.shared,
+            registered: false,
+        };
         loop {
             let notified = self.shared.not_empty.notified();
             tokio::pin!(notified);
             let now = Instant::now();
             let mut graves = Vec::new();
-            let (popped, closed, waiters) = {
+            let (popped, closed, wake) = {
                 let mut st = self.shared.lock();
+                if wait.registered {
+                    st.pop_waiters -= 1;
+                    wait.registered = false;
+                }
                 let popped = self.shared.take(&mut st, now, &mut graves);
                 if popped.is_none() && !st.closed {
                     // Register before the lock is released, so a push in between cannot be missed.
                     notified.as_mut().enable();
+                    st.pop_waiters += 1;
+                    wait.registered = true;
                 }
-                (popped, st.closed, st.push_waiters > 0)
+                (popped, st.closed, st.wake_producers())
             };
             let freed = popped.is_some() || !graves.is_empty();
-            self.shared.settle(graves, false, freed && waiters);
+            self.shared.settle(graves, false, freed && wake);
             if popped.is_some() {
-                // Another consumer may be waiting for items that are still queued.
                 self.report_pop(&popped);
                 return popped;
             }
@@ -635,6 +682,44 @@ impl<T> Queue<T> {
             }
             notified.await;
         }
+    }
+
+    /// Takes up to `max` items under one lock, waiting until there is at least one; returns how
+    /// many were appended to `buf` (0 once the queue is closed and empty, or if `max` is 0).
+    /// Batching amortises the lock and the wake-ups when a consumer handles items in groups.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`pop`](Self::pop).
+    pub async fn pop_many(&self, buf: &mut Vec<Popped<T>>, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
+        let Some(first) = self.pop().await else {
+            return 0;
+        };
+        let start = buf.len();
+        buf.push(first);
+        let now = Instant::now();
+        let mut graves = Vec::new();
+        let wake = {
+            let mut st = self.shared.lock();
+            while buf.len() - start < max {
+                match self.shared.take(&mut st, now, &mut graves) {
+                    Some(p) => buf.push(p),
+                    None => break,
+                }
+            }
+            st.wake_producers()
+        };
+        let n = buf.len() - start;
+        self.shared.settle(graves, false, wake);
+        for p in buf.iter().skip(start + 1) {
+            self.shared.reporter.counter("delivered", "", 1);
+            self.shared
+                .reporter
+                .gauge("sojourn_seconds", p.sojourn.as_secs_f64());
+        }
+        n
     }
 
     fn report_pop(&self, popped: &Option<Popped<T>>) {
@@ -666,7 +751,7 @@ impl<T> Queue<T> {
                     }
                 }
             }
-            st.push_waiters > 0
+            st.wake_producers()
         };
         let n = graves.len();
         self.shared.settle(graves, false, n > 0 && waiters);
@@ -734,7 +819,8 @@ impl<T> Queue<T> {
     /// The retry hint a refused caller would get now: how long until `items` more have drained.
     pub fn retry_after(&self, items: u64) -> Duration {
         let st = self.shared.lock();
-        st.drain.time_to_drain(items.max(1), Instant::now(), self.shared.retry)
+        st.drain
+            .time_to_drain(items.max(1), Instant::now(), self.shared.retry)
     }
 
     /// A snapshot of the counters and gauges.
@@ -761,6 +847,20 @@ impl<T> Queue<T> {
     }
 }
 
+/// Keeps `pop_waiters` right when a waiting `pop` is cancelled.
+struct PopWait<'a, T> {
+    shared: &'a Shared<T>,
+    registered: bool,
+}
+
+impl<T> Drop for PopWait<'_, T> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.shared.lock().pop_waiters -= 1;
+        }
+    }
+}
+
 /// A push in progress. Owns the item until it is queued, refused, or (on drop) dead-lettered.
 struct PendingPush<'a, T> {
     shared: &'a Shared<T>,
@@ -781,8 +881,11 @@ impl<T> PendingPush<'_, T> {
             tokio::pin!(notified);
             let now = Instant::now();
             let mut graves = Vec::new();
-            let item = self.item.take().expect("a pending push holds its item until it ends");
-            let (outcome, len, bytes) = {
+            let item = self
+                .item
+                .take()
+                .expect("a pending push holds its item until it ends");
+            let (outcome, len, bytes, consumers) = {
                 let mut st = shared.lock();
                 if !self.counted {
                     st.offered += 1;
@@ -792,7 +895,15 @@ impl<T> PendingPush<'_, T> {
                     st.push_waiters -= 1;
                     self.waiting = false;
                 }
-                let step = shared.admit(&mut st, item, self.weight, self.meta, now, &mut graves, true);
+                let step = shared.admit(
+                    &mut st,
+                    item,
+                    self.weight,
+                    self.meta,
+                    now,
+                    &mut graves,
+                    true,
+                );
                 let outcome = match step {
                     Step::Done(result) => Some(result),
                     Step::Wait(item) => {
@@ -803,13 +914,13 @@ impl<T> PendingPush<'_, T> {
                         None
                     }
                 };
-                (outcome, st.len, st.bytes)
+                (outcome, st.len, st.bytes, st.pop_waiters > 0)
             };
             match outcome {
                 Some(result) => {
                     shared.report_push(&result, len, bytes);
                     let queued = matches!(result, Ok(Admitted::Queued { .. }));
-                    shared.settle(graves, queued, false);
+                    shared.settle(graves, queued && consumers, false);
                     return result;
                 }
                 None => {

@@ -109,7 +109,11 @@ impl AdaptiveThrottle {
                 w.accepts[h] = 0;
             }
             let advanced = self.bucket * steps as u32;
-            w.bucket_start = if steps > BUCKETS { now } else { w.bucket_start + advanced };
+            w.bucket_start = if steps > BUCKETS {
+                now
+            } else {
+                w.bucket_start + advanced
+            };
         }
         w
     }

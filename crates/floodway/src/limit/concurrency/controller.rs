@@ -109,7 +109,10 @@ impl Aimd {
     /// Unless `0.5 <= backoff < 1`.
     #[track_caller]
     pub fn backoff(mut self, backoff: f64) -> Self {
-        assert!((0.5..1.0).contains(&backoff), "backoff must be within 0.5..1");
+        assert!(
+            (0.5..1.0).contains(&backoff),
+            "backoff must be within 0.5..1"
+        );
         self.backoff = backoff;
         self
     }
@@ -329,7 +332,13 @@ mod tests {
         // Base RTT 10 ms; no queueing: grow by 6·log10.
         assert_eq!(v.update(100, &window(0, 10, 100)), 112);
         // RTT doubled: the estimated queue is half the limit, far above 6·log10: shrink by log10.
-        let w = WindowSummary::new(10, 0, Duration::from_millis(20), Duration::from_millis(20), 100);
+        let w = WindowSummary::new(
+            10,
+            0,
+            Duration::from_millis(20),
+            Duration::from_millis(20),
+            100,
+        );
         assert_eq!(v.update(100, &w), 98);
     }
 

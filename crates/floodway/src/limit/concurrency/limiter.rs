@@ -146,7 +146,14 @@ impl Inner {
         self.hand_over(st);
     }
 
-    fn record(&self, st: &mut State, rtt: Duration, in_flight: usize, outcome: Outcome, now: Instant) {
+    fn record(
+        &self,
+        st: &mut State,
+        rtt: Duration,
+        in_flight: usize,
+        outcome: Outcome,
+        now: Instant,
+    ) {
         let w = &mut st.window;
         w.samples += 1;
         if outcome == Outcome::Dropped {
@@ -242,7 +249,7 @@ impl ConcurrencyBuilder {
     pub fn build(self) -> Result<ConcurrencyLimiter, ConcurrencyConfigError> {
         if let Some(shares) = self.shares {
             let sum: f64 = shares.iter().sum();
-            if shares.iter().any(|s| !(0.0..=1.0).contains(s)) || !(sum <= 1.0 + 1e-9) {
+            if shares.iter().any(|s| !(0.0..=1.0).contains(s)) || sum.is_nan() || sum > 1.0 + 1e-9 {
                 return Err(ConcurrencyConfigError::BadShares { sum });
             }
         }
@@ -496,7 +503,8 @@ impl Drop for Permit {
         let mut st = self.inner.lock();
         if let Some(outcome) = self.outcome {
             let rtt = now.saturating_duration_since(self.start);
-            self.inner.record(&mut st, rtt, self.in_flight, outcome, now);
+            self.inner
+                .record(&mut st, rtt, self.in_flight, outcome, now);
         }
         self.inner.release(&mut st, self.priority);
         self.inner.reporter.gauge("in_flight", st.in_flight as f64);

@@ -12,7 +12,11 @@ pub struct RateLimited {
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rate limited; retry after {} ms", self.retry_after.as_millis())
+        write!(
+            f,
+            "rate limited; retry after {} ms",
+            self.retry_after.as_millis()
+        )
     }
 }
 

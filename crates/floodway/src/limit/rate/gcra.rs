@@ -2,7 +2,6 @@
 //! limiters.
 
 use super::{Allowed, Quota};
-use std::time::Duration;
 
 /// The outcome of testing one request against a TAT.
 pub(crate) enum Decision {
@@ -26,15 +25,16 @@ pub(crate) fn decide(quota: Quota, tat: u64, now: u64, n: u32) -> Decision {
     let new_tat = tat.max(now).saturating_add(t.saturating_mul(u64::from(n)));
     let allow_at = new_tat.saturating_sub(tau);
     if now < allow_at {
-        return Decision::Deny { wait: allow_at - now };
+        return Decision::Deny {
+            wait: allow_at - now,
+        };
     }
-    let debt = new_tat - now;
     Decision::Allow {
         tat: new_tat,
         allowed: Allowed {
-            limit: burst,
-            remaining: ((tau - debt) / t.max(1)) as u32,
-            reset: Duration::from_nanos(debt),
+            burst,
+            interval_nanos: t,
+            debt_nanos: new_tat - now,
         },
     }
 }
@@ -46,13 +46,14 @@ mod tests {
 
     #[test]
     fn burst_then_one_per_interval() {
-        let q = Quota::per_second(NonZeroU32::new(10).unwrap()).allow_burst(NonZeroU32::new(3).unwrap());
+        let q = Quota::per_second(NonZeroU32::new(10).unwrap())
+            .allow_burst(NonZeroU32::new(3).unwrap());
         let ms = 1_000_000u64;
         let mut tat = 0;
         for expect_remaining in [2, 1, 0] {
             match decide(q, tat, 0, 1) {
                 Decision::Allow { tat: t, allowed } => {
-                    assert_eq!(allowed.remaining, expect_remaining);
+                    assert_eq!(allowed.remaining(), expect_remaining);
                     tat = t;
                 }
                 _ => panic!("burst must pass"),
@@ -62,7 +63,10 @@ mod tests {
             Decision::Deny { wait } => assert_eq!(wait, 100 * ms),
             _ => panic!("fourth must wait one interval"),
         }
-        assert!(matches!(decide(q, tat, 100 * ms, 1), Decision::Allow { .. }));
+        assert!(matches!(
+            decide(q, tat, 100 * ms, 1),
+            Decision::Allow { .. }
+        ));
         assert!(matches!(decide(q, 0, 0, 4), Decision::Never));
     }
 }

@@ -56,12 +56,30 @@ impl Quota {
 }
 
 /// A request that passed, with what is left: the figures behind the standard `RateLimit` header.
+///
+/// The figures are computed on demand, so a caller that only needs "yes" pays nothing for them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allowed {
+    pub(crate) burst: u32,
+    pub(crate) interval_nanos: u64,
+    /// How far the TAT is ahead of now after this request, in nanoseconds.
+    pub(crate) debt_nanos: u64,
+}
+
+impl Allowed {
     /// The burst size (the policy's quota).
-    pub limit: u32,
+    pub fn limit(&self) -> u32 {
+        self.burst
+    }
+
     /// Cells that could still pass at once.
-    pub remaining: u32,
+    pub fn remaining(&self) -> u32 {
+        let tau = self.interval_nanos.saturating_mul(u64::from(self.burst));
+        (tau.saturating_sub(self.debt_nanos) / self.interval_nanos.max(1)) as u32
+    }
+
     /// Time until the full burst is available again.
-    pub reset: Duration,
+    pub fn reset(&self) -> Duration {
+        Duration::from_nanos(self.debt_nanos)
+    }
 }

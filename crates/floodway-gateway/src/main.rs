@@ -1,0 +1,1 @@
+mod config; mod problem; mod store; fn main() {}

@@ -1,1 +1,137 @@
-mod config; mod problem; mod store; fn main() {}
+//! `floodway`: the event gateway and its tools.
+
+// A binary has no public API: `pub` here marks what modules share with each other.
+#![allow(unreachable_pub)]
+
+mod config;
+mod problem;
+mod server;
+mod sink;
+mod sinksim;
+mod store;
+mod topic;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Back pressure for event-driven services: an HTTP event gateway that stores what it accepts and
+/// delivers it at the rate sinks can take.
+#[derive(Parser, Debug)]
+#[command(name = "floodway", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// A TOML configuration file (see floodway.example.toml). Without one: embedded store,
+        /// topics created on first use, delivered to <data-dir>/out/<topic>.jsonl.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the file; default 127.0.0.1:7070).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Directory for the store and file sinks (overrides the file; default ./floodway-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run a simulated downstream with a set capacity, for tests, benchmarks and demos.
+    SinkSim(sinksim::Args),
+    /// Check a configuration file and explain every error with its location.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!("{}: ok ({} topics declared)", file.display(), c.topics.len());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        },
+        Command::Serve { config, listen, data_dir } => {
+            let mut c = match &config {
+                Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+                None => Config::default(),
+            };
+            if let Some(l) = listen {
+                c.listen = l;
+            }
+            if let Some(d) = data_dir {
+                c.data_dir = d;
+            }
+            runtime()?.block_on(serve(c))
+        }
+        Command::SinkSim(args) => runtime()?.block_on(sinksim::run(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let store = store::RedbStore::open(&config.data_dir.join("floodway.redb"), config.storage.fsync)
+        .context("cannot open the store")?;
+    let store: Arc<dyn store::Store> = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let gw = server::Gateway::start(config, store).await?;
+    // The first line on stdout is the address: tools and tests read it (the port may be 0).
+    println!("floodway listening on http://{addr}");
+    tracing::info!(%addr, "serving");
+    let app = server::router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("stopped accepting; finishing deliveries");
+    gw.stop(Duration::from_secs(10)).await;
+    drop(gw);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -80,12 +80,6 @@ impl Problem {
         self
     }
 
-    /// Adds a header.
-    pub fn header(mut self, name: &'static str, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
-        self
-    }
-
     /// Adds all of `headers`.
     pub fn headers(mut self, headers: HeaderMap) -> Self {
         self.headers.extend(headers);

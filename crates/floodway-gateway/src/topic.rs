@@ -1,0 +1,443 @@
+//! One topic at run time: admission (backlog watermarks, producer quotas), counters, the pressure
+//! signal, and the delivery pipeline that drains the store into the sink.
+//!
+//! Delivery: a dispatcher reads stored events in order and pushes them into a bounded floodway
+//! [`Queue`] (blocking: the store is the buffer, the queue only feeds the workers). An
+//! [`ElasticPool`] of workers takes them, waits for the delivery rate limit and an adaptive
+//! concurrency permit, and delivers, retrying with exponential backoff and jitter. An event leaves
+//! the store only when it is delivered (ack) or dead-lettered.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use floodway::limit::concurrency::{Aimd, Fixed, Gradient2, Vegas};
+use floodway::pressure::{DrainRate, RetryBounds};
+use floodway::queue::Meta;
+use floodway::{ConcurrencyLimiter, ElasticPool, KeyedRateLimiter, Level, Pressure, Priority, Quota, Queue, RateLimiter};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::{Algorithm, Rate, TopicConfig};
+use crate::sink::{Attempt, Sink};
+use crate::store::{DeadEvent, Store, StoredEvent, now_ms};
+
+/// The share of the backlog bound each class may fill before it is told to slow down (`429`).
+/// Critical events may fill it all; past the bound everyone gets `503`.
+pub fn watermark(p: Priority) -> f64 {
+    match p {
+        Priority::Low => 0.6,
+        Priority::Normal => 0.8,
+        Priority::High => 0.95,
+        Priority::Critical => 1.0,
+    }
+}
+
+/// Why an ingest request was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The producer's quota is spent (`429`).
+    Quota { retry_after: Duration, detail: String },
+    /// The backlog is over this class's watermark (`429`).
+    Watermark { retry_after: Duration, detail: String },
+    /// The backlog is full (`503`).
+    Full { retry_after: Duration, detail: String },
+}
+
+/// Backlog capacity taken for a request, returned if the request does not store everything.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    topic: &'a Topic,
+    events: u64,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Keeps `events`/`bytes` of the reservation (they were stored) and returns the rest.
+    pub fn commit(mut self, events: u64, bytes: u64) {
+        self.topic.backlog_events.fetch_sub(self.events - events, Ordering::AcqRel);
+        self.topic.backlog_bytes.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+        self.events = 0;
+        self.bytes = 0;
+        self.topic.appended.notify_one();
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.topic.backlog_events.fetch_sub(self.events, Ordering::AcqRel);
+        self.topic.backlog_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// A topic's live state.
+#[derive(Debug)]
+pub struct Topic {
+    /// Its name.
+    pub name: String,
+    /// Its configuration.
+    pub config: TopicConfig,
+    backlog_events: AtomicU64,
+    backlog_bytes: AtomicU64,
+    dead_letters: AtomicU64,
+    accepted: AtomicU64,
+    delivered: AtomicU64,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    dead_by_reason: Mutex<BTreeMap<String, u64>>,
+    arrivals: Mutex<DrainRate>,
+    departures: Mutex<DrainRate>,
+    oldest_ms: AtomicU64,
+    pressure: Pressure,
+    producers: Option<KeyedRateLimiter<String>>,
+    /// The delivery concurrency limit.
+    pub limiter: ConcurrencyLimiter,
+    rate: Option<RateLimiter>,
+    appended: Notify,
+    pool: Mutex<Option<ElasticPool>>,
+}
+
+fn quota(r: Rate) -> Quota {
+    let per = NonZeroU32::new(r.per_second.max(1)).expect("at least 1");
+    Quota::per_second(per).allow_burst(NonZeroU32::new(r.burst.unwrap_or(r.per_second).max(1)).expect("at least 1"))
+}
+
+impl Topic {
+    /// A topic with the backlog found in the store.
+    pub fn new(name: String, config: TopicConfig, backlog_events: u64, backlog_bytes: u64, dead: u64) -> Topic {
+        let c = config.concurrency;
+        let builder = match c.algorithm {
+            Algorithm::Aimd => ConcurrencyLimiter::builder(Aimd::new(c.min, c.max).initial(c.min.max(4).min(c.max))),
+            Algorithm::Vegas => ConcurrencyLimiter::builder(Vegas::new(c.min, c.max).initial(c.min.max(4).min(c.max))),
+            Algorithm::Gradient2 => {
+                ConcurrencyLimiter::builder(Gradient2::new(c.min, c.max).initial(c.min.max(4).min(c.max)))
+            }
+            Algorithm::Fixed => ConcurrencyLimiter::builder(Fixed(c.max)),
+        };
+        let limiter = builder
+            // Workers wait for a permit rather than spin: one waiter per possible worker.
+            .wait_queue(config.workers.max.max(1), Duration::from_secs(3600))
+            .build()
+            .expect("checked configuration");
+        let now = Instant::now();
+        Topic {
+            producers: config.producers.map(|r| KeyedRateLimiter::new(quota(r), 100_000)),
+            rate: config.rate_limit.map(|r| RateLimiter::new(quota(r))),
+            name,
+            backlog_events: AtomicU64::new(backlog_events),
+            backlog_bytes: AtomicU64::new(backlog_bytes),
+            dead_letters: AtomicU64::new(dead),
+            accepted: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            refused: Mutex::default(),
+            dead_by_reason: Mutex::default(),
+            arrivals: Mutex::new(DrainRate::new(Duration::from_millis(250), Duration::from_secs(2), now)),
+            departures: Mutex::new(DrainRate::new(Duration::from_millis(250), Duration::from_secs(2), now)),
+            oldest_ms: AtomicU64::new(0),
+            pressure: Pressure::builder().min_dwell(Duration::from_secs(1)).build().expect("default marks"),
+            limiter,
+            appended: Notify::new(),
+            pool: Mutex::new(None),
+            config,
+        }
+    }
+
+    /// How full the backlog is (the larger of events and bytes), 0..=1 and beyond.
+    pub fn utilisation(&self) -> f64 {
+        let e = self.backlog_events.load(Ordering::Acquire) as f64 / self.config.max_backlog_events as f64;
+        let b = self.backlog_bytes.load(Ordering::Acquire) as f64 / self.config.max_backlog_bytes.0 as f64;
+        e.max(b)
+    }
+
+    /// The pressure level after a fresh utilisation sample.
+    pub fn level(&self) -> Level {
+        self.pressure.update(self.utilisation())
+    }
+
+    fn retry_hint(&self, events: u64) -> Duration {
+        let bounds = RetryBounds {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        self.departures.lock().unwrap_or_else(|e| e.into_inner()).time_to_drain(events.max(1), Instant::now(), bounds)
+    }
+
+    /// Counts a refusal by reason.
+    pub fn count_refusal(&self, reason: &'static str) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    /// Checks the producer's quota for `n` events.
+    pub fn check_quota(&self, producer: &str, n: u32) -> Result<Option<floodway::limit::rate::Allowed>, Refusal> {
+        let Some(limiter) = &self.producers else {
+            return Ok(None);
+        };
+        let n = NonZeroU32::new(n.max(1)).expect("at least 1");
+        match limiter.check_n(&producer.to_owned(), n) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) => {
+                self.count_refusal("quota");
+                let detail = match e {
+                    floodway::limit::rate::KeyedRateError::Insufficient(i) => format!(
+                        "a batch of {} events exceeds the producer burst of {}",
+                        i.requested, i.burst
+                    ),
+                    floodway::limit::rate::KeyedRateError::TooManyKeys { .. } => {
+                        "too many producers are active; try again shortly".to_owned()
+                    }
+                    floodway::limit::rate::KeyedRateError::Limited(_) => {
+                        format!("producer quota for topic {:?} is spent", self.name)
+                    }
+                };
+                Err(Refusal::Quota {
+                    retry_after: e.retry_after().unwrap_or(Duration::from_secs(60)),
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// Takes backlog room for `events`/`bytes` of class `priority`, or says why not.
+    pub fn reserve(&self, events: u64, bytes: u64, priority: Priority) -> Result<Reservation<'_>, Refusal> {
+        let e_after = self.backlog_events.fetch_add(events, Ordering::AcqRel) + events;
+        let b_after = self.backlog_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let reservation = Reservation { topic: self, events, bytes };
+        let (max_e, max_b) = (self.config.max_backlog_events, self.config.max_backlog_bytes.0);
+        if e_after > max_e || b_after > max_b {
+            self.count_refusal("full");
+            let over = e_after.saturating_sub(max_e).max(1);
+            return Err(Refusal::Full {
+                retry_after: self.retry_hint(over),
+                detail: format!(
+                    "topic {:?} backlog is full ({} of {} events, {} of {} bytes)",
+                    self.name,
+                    e_after - events,
+                    max_e,
+                    b_after - bytes,
+                    max_b
+                ),
+            });
+        }
+        let mark = watermark(priority);
+        let (lim_e, lim_b) = ((max_e as f64 * mark) as u64, (max_b as f64 * mark) as u64);
+        if e_after > lim_e || b_after > lim_b {
+            self.count_refusal("watermark");
+            let over = e_after.saturating_sub(lim_e).max(1);
+            return Err(Refusal::Watermark {
+                retry_after: self.retry_hint(over),
+                detail: format!(
+                    "topic {:?} backlog is over the {}% watermark for {} events; slow down",
+                    self.name,
+                    (mark * 100.0) as u32,
+                    priority
+                ),
+            });
+        }
+        Ok(reservation)
+    }
+
+    /// Records accepted events.
+    pub fn record_accepted(&self, n: u64) {
+        self.accepted.fetch_add(n, Ordering::Relaxed);
+        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).record(n, Instant::now());
+    }
+
+    fn record_departure(&self, bytes: u64) {
+        self.backlog_events.fetch_sub(1, Ordering::AcqRel);
+        self.backlog_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.departures.lock().unwrap_or_else(|e| e.into_inner()).record(1, Instant::now());
+    }
+
+    /// Events added back to the backlog by a replay.
+    pub fn record_replayed(&self, events: &[StoredEvent]) {
+        let bytes: u64 = events.iter().map(|e| e.event.body.len() as u64).sum();
+        self.backlog_events.fetch_add(events.len() as u64, Ordering::AcqRel);
+        self.backlog_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.dead_letters.fetch_sub(events.len() as u64, Ordering::AcqRel);
+        self.appended.notify_one();
+    }
+
+    /// The producer quota's `RateLimit-Policy` parameters `(burst, window seconds)`, if any.
+    pub fn quota_policy(&self) -> Option<(u32, u64)> {
+        self.producers.as_ref().map(|p| {
+            let q = p.quota();
+            let window = (q.interval() * q.burst().get()).as_secs().max(1);
+            (q.burst().get(), window)
+        })
+    }
+
+    /// Figures for `GET /v1/topics/{topic}` and `/metrics`.
+    pub fn stats(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let limiter = self.limiter.stats();
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(ElasticPool::stats);
+        let oldest = self.oldest_ms.load(Ordering::Acquire);
+        serde_json::json!({
+            "topic": self.name,
+            "backlog_events": self.backlog_events.load(Ordering::Acquire),
+            "backlog_bytes": self.backlog_bytes.load(Ordering::Acquire),
+            "oldest_age_seconds": if oldest == 0 || self.backlog_events.load(Ordering::Acquire) == 0 { 0.0 } else { now_ms().saturating_sub(oldest) as f64 / 1000.0 },
+            "rate_in_per_second": self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).per_second(now),
+            "rate_out_per_second": self.departures.lock().unwrap_or_else(|e| e.into_inner()).per_second(now),
+            "accepted": self.accepted.load(Ordering::Relaxed),
+            "delivered": self.delivered.load(Ordering::Relaxed),
+            "refused": *self.refused.lock().unwrap_or_else(|e| e.into_inner()),
+            "dead_letters": self.dead_letters.load(Ordering::Acquire),
+            "dead_lettered": *self.dead_by_reason.lock().unwrap_or_else(|e| e.into_inner()),
+            "concurrency_limit": limiter.limit,
+            "in_flight": limiter.in_flight,
+            "workers": pool.map_or(0, |p| p.workers),
+            "desired_workers": pool.map_or(0, |p| p.desired),
+            "pressure": self.level().as_str(),
+        })
+    }
+
+    /// Starts the dispatcher and the worker pool.
+    pub fn start(self: &Arc<Self>, store: Arc<dyn Store>, sink: Arc<Sink>) {
+        let queue: Queue<StoredEvent> = Queue::builder()
+            .max_items(256)
+            .dead_letter(|l: floodway::DeadLetter<StoredEvent>| {
+                // Only a cancelled hand-over at shutdown lands here; the event is still stored and
+                // is read again on the next start.
+                tracing::debug!(seq = l.item.seq, reason = %l.reason, "hand-over cancelled");
+            })
+            .build()
+            .expect("valid queue");
+        let w = self.config.workers;
+        let topic = self.clone();
+        let st = store.clone();
+        let pool = ElasticPool::builder()
+            .workers(w.min.max(1), w.max.max(1))
+            .backlog_per_worker(4)
+            .tick(Duration::from_millis(250))
+            .stabilization(Duration::ZERO, Duration::from_secs(10))
+            .spawn(queue.clone(), move |job| {
+                let (topic, store, sink) = (topic.clone(), st.clone(), sink.clone());
+                async move { topic.deliver(job.item, &*store, &sink).await }
+            })
+            .expect("valid pool");
+        *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+        tokio::spawn(self.clone().dispatch(store, queue));
+    }
+
+    /// Stops the workers, letting each finish the delivery it holds, within `grace`.
+    pub async fn stop(&self, grace: Duration) {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(pool) = pool {
+            if tokio::time::timeout(grace, pool.shutdown()).await.is_err() {
+                tracing::warn!(topic = %self.name, "deliveries still running at shutdown; they will be redelivered");
+            }
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>, store: Arc<dyn Store>, queue: Queue<StoredEvent>) {
+        let mut cursor = 0u64;
+        loop {
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let batch = match store.read_from(&self.name, cursor, 256) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(topic = %self.name, error = %e, "cannot read the store");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                // Woken by an append or a replay; the timeout only guards against a missed wake.
+                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                continue;
+            }
+            if let Some(first) = batch.first() {
+                self.oldest_ms.store(first.event.accepted_ms, Ordering::Release);
+            }
+            for e in batch {
+                cursor = e.seq + 1;
+                let meta = Meta::priority(e.event.priority);
+                if queue.push_with(e, meta).await.is_err() {
+                    return; // closed at shutdown
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let r = self.config.retry;
+        let exp = r.base.0.saturating_mul(1u32 << attempt.min(20));
+        let capped = exp.min(r.max.0);
+        // Full jitter in [capped/2, capped]: retries from many events do not arrive in waves.
+        capped.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    async fn deliver(&self, e: StoredEvent, store: &dyn Store, sink: &Sink) {
+        let bytes = e.event.body.len() as u64;
+        let mut attempt = 0u32;
+        let mut last_error = String::new();
+        loop {
+            let now = now_ms();
+            if e.event.deadline_ms.is_some_and(|d| d <= now) {
+                return self.bury(store, e, "expired", last_error, attempt, bytes).await;
+            }
+            if let Some(max_age) = self.config.shed.max_age {
+                if now.saturating_sub(e.event.accepted_ms) > max_age.0.as_millis() as u64 {
+                    return self.bury(store, e, "shed", last_error, attempt, bytes).await;
+                }
+            }
+            if let Some(rate) = &self.rate {
+                rate.until_ready().await;
+            }
+            let Ok(permit) = self.limiter.acquire(e.event.priority).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            attempt += 1;
+            match sink.deliver(&self.name, &e, attempt).await {
+                Attempt::Delivered => {
+                    permit.success();
+                    // Retry the ack until it is stored: an unacked delivered event would be sent
+                    // again after a restart (at least once), never lost.
+                    while let Err(err) = store.ack(&self.name, vec![e.seq]).await {
+                        tracing::error!(topic = %self.name, error = %err, "ack failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.record_departure(bytes);
+                    return;
+                }
+                Attempt::Permanent { error } => {
+                    permit.success();
+                    return self.bury(store, e, "permanent", error, attempt, bytes).await;
+                }
+                Attempt::Retry { after, error } => {
+                    permit.dropped();
+                    tracing::debug!(topic = %self.name, seq = e.seq, attempt, %error, "delivery failed");
+                    if attempt >= self.config.retry.max_attempts {
+                        return self.bury(store, e, "exhausted", error, attempt, bytes).await;
+                    }
+                    last_error = error;
+                    let wait = self.backoff(attempt).max(after.unwrap_or_default()).min(self.config.retry.max.0.max(after.unwrap_or_default()));
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn bury(&self, store: &dyn Store, e: StoredEvent, reason: &str, error: String, attempts: u32, bytes: u64) {
+        let dead = DeadEvent {
+            stored: e,
+            reason: reason.to_owned(),
+            error,
+            attempts,
+            dead_ms: now_ms(),
+        };
+        while let Err(err) = store.dead_letter(&self.name, dead.clone()).await {
+            tracing::error!(topic = %self.name, error = %err, "dead-lettering failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        *self.dead_by_reason.lock().unwrap_or_else(|e| e.into_inner()).entry(reason.to_owned()).or_default() += 1;
+        self.dead_letters.fetch_add(1, Ordering::AcqRel);
+        self.record_departure(bytes);
+    }
+}

@@ -1,0 +1,107 @@
+//! Helpers for the end-to-end tests: real processes of the `floodway` binary on loopback ports.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `floodway` process; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `floodway ARGS` and waits (at most 30 s) for its first stdout line: the address.
+pub fn spawn(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floodway"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the floodway binary starts");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30)).expect("the process prints its address");
+    let url = first.split_whitespace().last().expect("an address").trim_end_matches('/').to_owned();
+    Proc { child, url }
+}
+
+/// A sink-sim with these extra arguments.
+pub fn sink(extra: &[&str]) -> Proc {
+    let mut args = vec!["sink-sim", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
+/// A gateway on `data_dir` with this configuration text.
+pub fn gateway(data_dir: &Path, config: &str) -> Proc {
+    let file = data_dir.join("floodway.toml");
+    std::fs::write(&file, config).unwrap();
+    spawn(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `limit`; panics with `what` otherwise.
+/// This waits for an observable state of another process, not for time to pass.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// The ids the sink received for `topic`.
+pub async fn sink_ids(sink: &Proc, topic: &str) -> std::collections::HashSet<String> {
+    let s = get_json(&format!("{}/stats?ids=true", sink.url)).await;
+    s["ids"][topic]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+pub async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> reqwest::Response {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}

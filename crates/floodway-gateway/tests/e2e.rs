@@ -1,0 +1,123 @@
+//! End to end: the real binary, a real sink-sim, a real store in a temp dir, over loopback.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{gateway, get_json, post_json, sink, sink_ids, wait_for};
+
+fn topic_config(sink_url: &str, extra: &str) -> String {
+    format!(
+        "[topics.orders]\nsink = {{ type = \"http\", url = \"{sink_url}/in\", timeout = \"2s\" }}\n{extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_delivered_once_and_a_repeated_key_is_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(&["--rate", "1000"]);
+    let gw = gateway(dir.path(), &topic_config(&sink.url, ""));
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/topics/orders/events", gw.url);
+    let send = || {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "order-17")
+            .body(r#"{"order":17}"#)
+            .send()
+    };
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["floodway-pressure"], "normal");
+    assert!(r.headers().contains_key("ratelimit-policy") && r.headers().contains_key("ratelimit"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 1);
+    let id = body["ids"][0].as_str().unwrap().to_owned();
+    wait_for(Duration::from_secs(20), "delivery", || async { sink_ids(&sink, "orders").await.contains(&id) }).await;
+    let again: serde_json::Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["ids"][0], id.as_str());
+    assert_eq!(again["duplicates"], 1);
+    let t = get_json(&format!("{}/v1/topics/orders", gw.url)).await;
+    assert_eq!(t["accepted"], 1, "the repeated key was acknowledged, not stored: {t}");
+    let stats = get_json(&format!("{}/stats", sink.url)).await;
+    assert_eq!(stats["duplicates"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(&["--rate", "1000"]);
+    let gw = gateway(dir.path(), &topic_config(&sink.url, "max_event_bytes = \"1KiB\""));
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/topics/orders/events", gw.url);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (client.post(&url).header("content-type", "application/json").body("{\"a\":"), 400, "line 1"),
+        (
+            client.post(&url).header("content-type", "application/x-ndjson").body("{\"a\":1}\n{\"b\":2}\n{oops}\n"),
+            400,
+            "line 3",
+        ),
+        (client.post(&url).header("content-type", "application/json").body(format!("\"{}\"", "x".repeat(2000))), 413, "max_event_bytes"),
+        (client.post(&url).body("{}"), 415, "Content-Type"),
+        (client.post(format!("{}/v1/topics/nope/events", gw.url)).header("content-type", "application/json").body("{}"), 404, "unknown topic"),
+        (client.post(&url).header("content-type", "application/json").header("floodway-priority", "urgent").body("{}"), 400, "urgent"),
+        (client.post(&url).header("content-type", "application/json").header("floodway-ttl", "soon").body("{}"), 400, "Floodway-TTL"),
+    ];
+    for (req, status, needle) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["status"], status);
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "{status}: {detail:?} should mention {needle:?}");
+    }
+    let t = get_json(&format!("{}/v1/topics/orders", gw.url)).await;
+    assert_eq!((t["accepted"].as_u64(), t["backlog_events"].as_u64()), (Some(0), Some(0)), "{t}");
+    // The gateway still works after all that.
+    assert_eq!(post_json(&client, &url, "{}").await.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_with_retry_after_and_every_acknowledged_event_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(&["--rate", "100"]);
+    let gw = gateway(dir.path(), &topic_config(&sink.url, "max_backlog_events = 60"));
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/topics/orders/events", gw.url);
+    let mut acked = HashSet::new();
+    let mut refused = 0;
+    // 300 events offered as fast as 4 connections allow: several times the sink's 100/s.
+    for _ in 0..75 {
+        let batch: Vec<_> = (0..4)
+            .map(|i| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move { post_json(&client, &url, &format!("{{\"n\":{i}}}")).await })
+            })
+            .collect();
+        for handle in batch {
+            let r = handle.await.unwrap();
+            match r.status().as_u16() {
+                202 => {
+                    let b: serde_json::Value = r.json().await.unwrap();
+                    acked.insert(b["ids"][0].as_str().unwrap().to_owned());
+                }
+                429 | 503 => {
+                    let after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                    assert!((1..=60).contains(&after), "an honest, bounded Retry-After: {after}");
+                    assert_eq!(r.headers()["content-type"], "application/problem+json");
+                    refused += 1;
+                }
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    assert!(refused > 0, "offered load beyond the backlog bound must be refused");
+    assert!(!acked.is_empty());
+    wait_for(Duration::from_secs(30), "every acknowledged id at the sink", || async {
+        sink_ids(&sink, "orders").await.is_superset(&acked)
+    })
+    .await;
+}

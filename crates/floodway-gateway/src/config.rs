@@ -385,13 +385,19 @@ impl Config {
             for (key, rate) in [("rate_limit", t.rate_limit), ("producers", t.producers)] {
                 if let Some(r) = rate {
                     if r.per_second == 0 || r.burst == Some(0) {
-                        return Err(format!("{}: per_second and burst must be at least 1", at(key)));
+                        return Err(format!(
+                            "{}: per_second and burst must be at least 1",
+                            at(key)
+                        ));
                     }
                 }
             }
             if let Some(SinkConfig::Http { url, .. }) = &t.sink {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(format!("{}: url must start with http:// or https://", at("sink.url")));
+                    return Err(format!(
+                        "{}: url must start with http:// or https://",
+                        at("sink.url")
+                    ));
                 }
             }
         }
@@ -418,8 +424,18 @@ mod tests {
     #[test]
     fn checks_name_the_key() {
         let c: Config = toml::from_str("[topics.a]\nconcurrency = { min = 5, max = 2 }\n").unwrap();
-        assert_eq!(c.check().unwrap_err(), "topics.a.concurrency: need 1 <= min <= max");
-        let d: Config = toml::from_str("[topics.a]\nmax_event_bytes = \"2MiB\"\nmax_backlog_bytes = \"1MiB\"\n").unwrap();
-        assert!(d.check().unwrap_err().starts_with("topics.a.max_event_bytes"));
+        assert_eq!(
+            c.check().unwrap_err(),
+            "topics.a.concurrency: need 1 <= min <= max"
+        );
+        let d: Config = toml::from_str(
+            "[topics.a]\nmax_event_bytes = \"2MiB\"\nmax_backlog_bytes = \"1MiB\"\n",
+        )
+        .unwrap();
+        assert!(
+            d.check()
+                .unwrap_err()
+                .starts_with("topics.a.max_event_bytes")
+        );
     }
 }

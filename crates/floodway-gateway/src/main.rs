@@ -66,7 +66,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
-                println!("{}: ok ({} topics declared)", file.display(), c.topics.len());
+                println!(
+                    "{}: ok ({} topics declared)",
+                    file.display(),
+                    c.topics.len()
+                );
                 Ok(())
             }
             Err(e) => {
@@ -74,7 +78,11 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
-        Command::Serve { config, listen, data_dir } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
             let mut c = match &config {
                 Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
                 None => Config::default(),
@@ -92,14 +100,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let store = store::RedbStore::open(&config.data_dir.join("floodway.redb"), config.storage.fsync)
-        .context("cannot open the store")?;
+    let store =
+        store::RedbStore::open(&config.data_dir.join("floodway.redb"), config.storage.fsync)
+            .context("cannot open the store")?;
     let store: Arc<dyn store::Store> = Arc::new(store);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -110,7 +121,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("floodway listening on http://{addr}");
     tracing::info!(%addr, "serving");
     let app = server::router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("stopped accepting; finishing deliveries");
     gw.stop(Duration::from_secs(10)).await;
     drop(gw);
@@ -124,7 +137,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -21,7 +21,12 @@ pub struct Problem {
 
 impl Problem {
     /// A problem with this status, a stable type slug and a precise detail.
-    pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Problem {
             kind: slug,
             title,
@@ -33,17 +38,32 @@ impl Problem {
 
     /// `400`.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "https://floodway.dev/problems/bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "https://floodway.dev/problems/bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     /// `404`.
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "https://floodway.dev/problems/not-found", "Not found", detail)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "https://floodway.dev/problems/not-found",
+            "Not found",
+            detail,
+        )
     }
 
     /// `413`.
     pub fn too_large(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "https://floodway.dev/problems/too-large", "Payload too large", detail)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "https://floodway.dev/problems/too-large",
+            "Payload too large",
+            detail,
+        )
     }
 
     /// `415`.
@@ -58,8 +78,13 @@ impl Problem {
 
     /// `429` with `Retry-After`.
     pub fn slow_down(detail: impl Into<String>, retry_after: Duration) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "https://floodway.dev/problems/slow-down", "Too many requests", detail)
-            .retry_after(retry_after)
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "https://floodway.dev/problems/slow-down",
+            "Too many requests",
+            detail,
+        )
+        .retry_after(retry_after)
     }
 
     /// `503` with `Retry-After`.
@@ -76,7 +101,8 @@ impl Problem {
     /// Adds `Retry-After` in whole seconds, rounded up (never 0: "retry now" would be a lie).
     pub fn retry_after(mut self, after: Duration) -> Self {
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        self.headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        self.headers
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         self
     }
 

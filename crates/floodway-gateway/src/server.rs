@@ -53,8 +53,13 @@ impl Gateway {
         }
         for name in names {
             let state = recovered.get(&name).cloned().unwrap_or_default();
-            gw.open_topic(&name, state.backlog_events, state.backlog_bytes, state.dead_letters)
-                .await?;
+            gw.open_topic(
+                &name,
+                state.backlog_events,
+                state.backlog_bytes,
+                state.dead_letters,
+            )
+            .await?;
         }
         Ok(gw)
     }
@@ -63,13 +68,23 @@ impl Gateway {
         let mut c = self.config.topics.get(name).cloned().unwrap_or_default();
         if c.sink.is_none() {
             c.sink = Some(SinkConfig::File {
-                path: self.config.data_dir.join("out").join(format!("{name}.jsonl")),
+                path: self
+                    .config
+                    .data_dir
+                    .join("out")
+                    .join(format!("{name}.jsonl")),
             });
         }
         c
     }
 
-    async fn open_topic(&self, name: &str, events: u64, bytes: u64, dead: u64) -> anyhow::Result<Arc<Topic>> {
+    async fn open_topic(
+        &self,
+        name: &str,
+        events: u64,
+        bytes: u64,
+        dead: u64,
+    ) -> anyhow::Result<Arc<Topic>> {
         let config = self.topic_config(name);
         let sink = Arc::new(Sink::open(config.sink.as_ref().expect("set above")).await?);
         let topic = Arc::new(Topic::new(name.to_owned(), config, events, bytes, dead));
@@ -82,7 +97,11 @@ impl Gateway {
     }
 
     fn existing(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// The topic, created on first use when no topics are declared.
@@ -96,7 +115,9 @@ impl Gateway {
             )));
         }
         if !self.config.topics.is_empty() {
-            return Err(Problem::not_found(format!("unknown topic {name:?}: this gateway declares its topics")));
+            return Err(Problem::not_found(format!(
+                "unknown topic {name:?}: this gateway declares its topics"
+            )));
         }
         let _guard = self.creating.lock().await;
         if let Some(t) = self.existing(name) {
@@ -109,20 +130,35 @@ impl Gateway {
             ));
         }
         self.open_topic(name, 0, 0, 0).await.map_err(|e| {
-            Problem::unavailable(format!("cannot open topic {name:?}: {e}"), Duration::from_secs(5))
+            Problem::unavailable(
+                format!("cannot open topic {name:?}: {e}"),
+                Duration::from_secs(5),
+            )
         })
     }
 
     /// Stops every topic's delivery within `grace`.
     pub async fn stop(&self, grace: Duration) {
-        let topics: Vec<_> = self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let topics: Vec<_> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for t in topics {
             t.stop(grace).await;
         }
     }
 
     fn all_topics(&self) -> Vec<Arc<Topic>> {
-        let mut v: Vec<_> = self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut v: Vec<_> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -152,21 +188,33 @@ enum Kind {
 fn signal_headers(topic: &Topic, remaining: Option<(u32, Duration)>) -> HeaderMap {
     let mut h = HeaderMap::new();
     let level: Level = topic.level();
-    h.insert("floodway-pressure", HeaderValue::from_static(level.as_str()));
+    h.insert(
+        "floodway-pressure",
+        HeaderValue::from_static(level.as_str()),
+    );
     let (policy, state) = match (topic.quota_policy(), remaining) {
         (Some((q, w)), Some((r, reset))) => (
             format!("\"producer\";q={q};w={w}"),
             format!("\"producer\";r={r};t={}", reset.as_secs_f64().ceil() as u64),
         ),
-        (Some((q, w)), None) => (format!("\"producer\";q={q};w={w}"), format!("\"producer\";r=0;t={w}")),
+        (Some((q, w)), None) => (
+            format!("\"producer\";q={q};w={w}"),
+            format!("\"producer\";r=0;t={w}"),
+        ),
         _ => {
             // No producer quota: the policy in force is the backlog bound.
             let max = topic.config.max_backlog_events;
             let used = (topic.utilisation() * max as f64) as u64;
-            (format!("\"backlog\";q={max}"), format!("\"backlog\";r={}", max.saturating_sub(used)))
+            (
+                format!("\"backlog\";q={max}"),
+                format!("\"backlog\";r={}", max.saturating_sub(used)),
+            )
         }
     };
-    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
+    if let (Ok(p), Ok(s)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
         h.insert("ratelimit-policy", p);
         h.insert("ratelimit", s);
     }
@@ -207,15 +255,32 @@ async fn ingest(
     }
 }
 
-async fn accept(gw: &Gateway, topic: &Topic, addr: SocketAddr, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
+async fn accept(
+    gw: &Gateway,
+    topic: &Topic,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let ct = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => return Err(Problem::unsupported("a Content-Type header is required")),
-        Some(Err(_)) => return Err(Problem::unsupported("the Content-Type header is not valid text")),
+        Some(Err(_)) => {
+            return Err(Problem::unsupported(
+                "the Content-Type header is not valid text",
+            ));
+        }
         Some(Ok(v)) => v.trim().to_owned(),
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if !essence.contains('/') {
-        return Err(Problem::unsupported(format!("Content-Type {ct:?} is not a media type")));
+        return Err(Problem::unsupported(format!(
+            "Content-Type {ct:?} is not a media type"
+        )));
     }
     let kind = match essence.as_str() {
         "application/json" => Kind::Json,
@@ -230,20 +295,28 @@ async fn accept(gw: &Gateway, topic: &Topic, addr: SocketAddr, headers: &HeaderM
     let bytes = to_bytes(body, limit as usize).await.map_err(|_| {
         Problem::too_large(match kind {
             Kind::Ndjson => format!("the batch body is larger than {limit} bytes"),
-            _ => format!("the event is larger than max_event_bytes ({max_event} bytes) for topic {:?}", topic.name),
+            _ => format!(
+                "the event is larger than max_event_bytes ({max_event} bytes) for topic {:?}",
+                topic.name
+            ),
         })
     })?;
     let priority = match headers.get("floodway-priority").map(|v| v.to_str()) {
         None => Priority::Normal,
-        Some(Ok(v)) => v.parse().map_err(|e: floodway::ParsePriorityError| Problem::bad_request(format!("Floodway-Priority: {e}")))?,
+        Some(Ok(v)) => v.parse().map_err(|e: floodway::ParsePriorityError| {
+            Problem::bad_request(format!("Floodway-Priority: {e}"))
+        })?,
         Some(Err(_)) => return Err(Problem::bad_request("Floodway-Priority is not valid text")),
     };
     let now = now_ms();
     let deadline_ms = match headers.get("floodway-ttl").map(|v| v.to_str()) {
         None => None,
         Some(Ok(v)) => {
-            let ttl = humantime::parse_duration(v.trim())
-                .map_err(|e| Problem::bad_request(format!("Floodway-TTL {v:?} is not a duration like \"30s\": {e}")))?;
+            let ttl = humantime::parse_duration(v.trim()).map_err(|e| {
+                Problem::bad_request(format!(
+                    "Floodway-TTL {v:?} is not a duration like \"30s\": {e}"
+                ))
+            })?;
             Some(now + ttl.as_millis() as u64)
         }
         Some(Err(_)) => return Err(Problem::bad_request("Floodway-TTL is not valid text")),
@@ -251,7 +324,11 @@ async fn accept(gw: &Gateway, topic: &Topic, addr: SocketAddr, headers: &HeaderM
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_KEY_LEN => Some(k.to_owned()),
-        Some(_) => return Err(Problem::bad_request(format!("Idempotency-Key must be 1-{MAX_KEY_LEN} characters of visible text"))),
+        Some(_) => {
+            return Err(Problem::bad_request(format!(
+                "Idempotency-Key must be 1-{MAX_KEY_LEN} characters of visible text"
+            )));
+        }
     };
     let event = |body: Vec<u8>, key: Option<String>| NewEvent {
         content_type: ct.clone(),
@@ -263,8 +340,9 @@ async fn accept(gw: &Gateway, topic: &Topic, addr: SocketAddr, headers: &HeaderM
     };
     let events: Vec<NewEvent> = match kind {
         Kind::Json => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
-                .map_err(|e| Problem::bad_request(format!("malformed JSON: {}", json_error_detail(&e))))?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+                Problem::bad_request(format!("malformed JSON: {}", json_error_detail(&e)))
+            })?;
             vec![event(bytes.to_vec(), key)]
         }
         Kind::Opaque => vec![event(bytes.to_vec(), key)],
@@ -283,7 +361,10 @@ async fn accept(gw: &Gateway, topic: &Topic, addr: SocketAddr, headers: &HeaderM
                     )));
                 }
                 serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|e| {
-                    Problem::bad_request(format!("malformed NDJSON at line {n}: {}", json_error_detail(&e)))
+                    Problem::bad_request(format!(
+                        "malformed NDJSON at line {n}: {}",
+                        json_error_detail(&e)
+                    ))
                 })?;
                 let mut single = event(line.to_vec(), key.as_ref().map(|k| format!("{k}#{n}")));
                 single.content_type = "application/json".into();
@@ -299,16 +380,27 @@ async fn accept(gw: &Gateway, topic: &Topic, addr: SocketAddr, headers: &HeaderM
     let total: u64 = events.iter().map(|e| e.body.len() as u64).sum();
     let producer = producer_key(headers, addr);
     let refused = |r: Refusal| match r {
-        Refusal::Quota { retry_after, detail } | Refusal::Watermark { retry_after, detail } => {
-            Problem::slow_down(detail, retry_after)
+        Refusal::Quota {
+            retry_after,
+            detail,
         }
-        Refusal::Full { retry_after, detail } => Problem::unavailable(detail, retry_after),
+        | Refusal::Watermark {
+            retry_after,
+            detail,
+        } => Problem::slow_down(detail, retry_after),
+        Refusal::Full {
+            retry_after,
+            detail,
+        } => Problem::unavailable(detail, retry_after),
     };
     let allowed = topic.check_quota(&producer, n as u32).map_err(refused)?;
     let reservation = topic.reserve(n, total, priority).map_err(refused)?;
     if !gw.store.healthy() {
         topic.count_refusal("store");
-        return Err(Problem::unavailable("the store is unavailable", Duration::from_secs(5)));
+        return Err(Problem::unavailable(
+            "the store is unavailable",
+            Duration::from_secs(5),
+        ));
     }
     let sizes: Vec<u64> = events.iter().map(|e| e.body.len() as u64).collect();
     let appended = gw.store.append(&topic.name, events).await.map_err(|e| {
@@ -353,7 +445,11 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn dead_letters(State(gw): State<Arc<Gateway>>, Path(name): Path<String>, Query(q): Query<ListQuery>) -> Response {
+async fn dead_letters(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
     if gw.existing(&name).is_none() {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     }
@@ -364,7 +460,8 @@ async fn dead_letters(State(gw): State<Arc<Gateway>>, Path(name): Path<String>, 
                 .iter()
                 .map(|d| {
                     let mut v: serde_json::Value =
-                        serde_json::from_slice(&crate::sink::json_line(&name, &d.stored)).unwrap_or_default();
+                        serde_json::from_slice(&crate::sink::json_line(&name, &d.stored))
+                            .unwrap_or_default();
                     v["reason"] = json!(d.reason);
                     v["error"] = json!(d.error);
                     v["attempts"] = json!(d.attempts);
@@ -404,35 +501,68 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     use std::fmt::Write;
     let mut out = String::new();
     let gauges = [
-        ("backlog_events", "Events stored and not yet delivered or dead-lettered."),
+        (
+            "backlog_events",
+            "Events stored and not yet delivered or dead-lettered.",
+        ),
         ("backlog_bytes", "Bytes of those events."),
-        ("oldest_age_seconds", "Age of the oldest event in the backlog."),
-        ("rate_in_per_second", "Accepted events per second (moving average)."),
-        ("rate_out_per_second", "Delivered or dead-lettered events per second (moving average)."),
+        (
+            "oldest_age_seconds",
+            "Age of the oldest event in the backlog.",
+        ),
+        (
+            "rate_in_per_second",
+            "Accepted events per second (moving average).",
+        ),
+        (
+            "rate_out_per_second",
+            "Delivered or dead-lettered events per second (moving average).",
+        ),
         ("accepted", "Events accepted (counter)."),
         ("delivered", "Events delivered (counter)."),
         ("dead_letters", "Dead letters kept."),
         ("concurrency_limit", "Delivery concurrency limit."),
         ("in_flight", "Deliveries in progress."),
         ("workers", "Delivery workers."),
-        ("desired_workers", "Delivery workers wanted: the autoscaling signal."),
+        (
+            "desired_workers",
+            "Delivery workers wanted: the autoscaling signal.",
+        ),
     ];
     let stats: Vec<_> = gw.all_topics().iter().map(|t| t.stats()).collect();
     for (name, help) in gauges {
-        let _ = writeln!(out, "# HELP floodway_{name} {help}\n# TYPE floodway_{name} gauge");
+        let _ = writeln!(
+            out,
+            "# HELP floodway_{name} {help}\n# TYPE floodway_{name} gauge"
+        );
         for s in &stats {
-            let _ = writeln!(out, "floodway_{name}{{topic=\"{}\"}} {}", s["topic"].as_str().unwrap_or(""), s[name]);
+            let _ = writeln!(
+                out,
+                "floodway_{name}{{topic=\"{}\"}} {}",
+                s["topic"].as_str().unwrap_or(""),
+                s[name]
+            );
         }
     }
-    let _ = writeln!(out, "# HELP floodway_refused_total Ingest requests refused, by reason.\n# TYPE floodway_refused_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP floodway_refused_total Ingest requests refused, by reason.\n# TYPE floodway_refused_total counter"
+    );
     for s in &stats {
         if let Some(m) = s["refused"].as_object() {
             for (reason, v) in m {
-                let _ = writeln!(out, "floodway_refused_total{{topic=\"{}\",reason=\"{reason}\"}} {v}", s["topic"].as_str().unwrap_or(""));
+                let _ = writeln!(
+                    out,
+                    "floodway_refused_total{{topic=\"{}\",reason=\"{reason}\"}} {v}",
+                    s["topic"].as_str().unwrap_or("")
+                );
             }
         }
     }
-    let _ = writeln!(out, "# HELP floodway_pressure_level Pressure level: 0 normal, 1 elevated, 2 saturated, 3 overloaded.\n# TYPE floodway_pressure_level gauge");
+    let _ = writeln!(
+        out,
+        "# HELP floodway_pressure_level Pressure level: 0 normal, 1 elevated, 2 saturated, 3 overloaded.\n# TYPE floodway_pressure_level gauge"
+    );
     for s in &stats {
         let level = match s["pressure"].as_str() {
             Some("elevated") => 1,
@@ -440,7 +570,11 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             Some("overloaded") => 3,
             _ => 0,
         };
-        let _ = writeln!(out, "floodway_pressure_level{{topic=\"{}\"}} {level}", s["topic"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            out,
+            "floodway_pressure_level{{topic=\"{}\"}} {level}",
+            s["topic"].as_str().unwrap_or("")
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

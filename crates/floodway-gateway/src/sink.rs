@@ -78,10 +78,20 @@ async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
-    tokio::fs::OpenOptions::new().create(true).append(true).open(path).await
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
 }
 
-async fn http(client: &reqwest::Client, url: &str, topic: &str, e: &StoredEvent, attempt: u32) -> Attempt {
+async fn http(
+    client: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    e: &StoredEvent,
+    attempt: u32,
+) -> Attempt {
     let mut req = client
         .post(url)
         .header(CONTENT_TYPE, &e.event.content_type)
@@ -149,7 +159,11 @@ pub fn json_line(topic: &str, e: &StoredEvent) -> Vec<u8> {
     line
 }
 
-async fn write_line<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, topic: &str, e: &StoredEvent) -> Attempt {
+async fn write_line<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    topic: &str,
+    e: &StoredEvent,
+) -> Attempt {
     let line = json_line(topic, e);
     match async {
         w.write_all(&line).await?;

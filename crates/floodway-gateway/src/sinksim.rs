@@ -67,7 +67,8 @@ pub fn parse_schedule(s: &str) -> Result<Vec<Step>, String> {
         let (at, setting) = part
             .split_once(':')
             .ok_or_else(|| format!("schedule step {part:?}: expected OFFSET:rate=N"))?;
-        let at = humantime::parse_duration(at.trim()).map_err(|e| format!("schedule step {part:?}: {e}"))?;
+        let at = humantime::parse_duration(at.trim())
+            .map_err(|e| format!("schedule step {part:?}: {e}"))?;
         let rate = setting
             .trim()
             .strip_prefix("rate=")
@@ -144,13 +145,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 fn unavailable(after: Duration) -> Response {
     let secs = (after.as_secs_f64().ceil() as u64).max(1);
-    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, secs.to_string())], "over capacity\n").into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, secs.to_string())],
+        "over capacity\n",
+    )
+        .into_response()
 }
 
 async fn receive(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
-    sim.counts.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
+    sim.counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .requests += 1;
     let reject = |sim: &Sim, after| {
-        sim.counts.lock().unwrap_or_else(|e| e.into_inner()).rejected += 1;
+        sim.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rejected += 1;
         unavailable(after)
     };
     if *sim.current.lock().unwrap_or_else(|e| e.into_inner()) == 0 {
@@ -186,7 +198,13 @@ async fn receive(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
         sim.counts.lock().unwrap_or_else(|e| e.into_inner()).errors += 1;
         return (StatusCode::INTERNAL_SERVER_ERROR, "injected error\n").into_response();
     }
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
     let (topic, id) = (text("floodway-topic"), text("floodway-event-id"));
     let mut c = sim.counts.lock().unwrap_or_else(|e| e.into_inner());
     c.delivered += 1;
@@ -214,7 +232,11 @@ async fn stats(State(sim): State<Arc<Sim>>, Query(q): Query<StatsQuery>) -> Resp
         "rate": *sim.current.lock().unwrap_or_else(|e| e.into_inner()),
     });
     if q.ids.unwrap_or(false) {
-        let ids: BTreeMap<_, Vec<_>> = c.seen.iter().map(|(t, s)| (t.clone(), s.iter().cloned().collect())).collect();
+        let ids: BTreeMap<_, Vec<_>> = c
+            .seen
+            .iter()
+            .map(|(t, s)| (t.clone(), s.iter().cloned().collect()))
+            .collect();
         body["ids"] = json!(ids);
     }
     axum::Json(body).into_response()
@@ -227,7 +249,16 @@ mod tests {
     #[test]
     fn schedules_parse_and_sort() {
         let s = parse_schedule("30s:rate=50, 0s:rate=200,1m:rate=0").unwrap();
-        assert_eq!(s.iter().map(|x| (x.at.as_secs(), x.rate)).collect::<Vec<_>>(), vec![(0, 200), (30, 50), (60, 0)]);
-        assert!(parse_schedule("30s:speed=5").unwrap_err().contains("rate=N"));
+        assert_eq!(
+            s.iter()
+                .map(|x| (x.at.as_secs(), x.rate))
+                .collect::<Vec<_>>(),
+            vec![(0, 200), (30, 50), (60, 0)]
+        );
+        assert!(
+            parse_schedule("30s:speed=5")
+                .unwrap_err()
+                .contains("rate=N")
+        );
     }
 }

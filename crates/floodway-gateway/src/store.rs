@@ -110,9 +110,14 @@ pub struct TopicState {
 pub trait Store: Send + Sync + 'static {
     /// Stores `events` atomically (all or none); completes once they are durable per the sync
     /// policy.
-    fn append(&self, topic: &str, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>>;
+    fn append(
+        &self,
+        topic: &str,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>>;
     /// Up to `max` events of `topic` with sequence numbers from `from`, in order.
-    fn read_from(&self, topic: &str, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    fn read_from(&self, topic: &str, from: u64, max: usize)
+    -> Result<Vec<StoredEvent>, StoreError>;
     /// Removes delivered events.
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Moves an event to the topic's dead letters.
@@ -130,7 +135,8 @@ pub trait Store: Send + Sync + 'static {
 const EVENTS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("events");
 const DEAD: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("dead");
 const NEXT_SEQ: TableDefinition<'static, &str, u64> = TableDefinition::new("next_seq");
-const IDEMPOTENCY: TableDefinition<'static, (&str, &str), (u64, u64)> = TableDefinition::new("idempotency");
+const IDEMPOTENCY: TableDefinition<'static, (&str, &str), (u64, u64)> =
+    TableDefinition::new("idempotency");
 
 /// How long an idempotency key is remembered.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(3600);
@@ -142,7 +148,10 @@ fn encode(e: &NewEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.accepted_ms.to_le_bytes());
     out.extend_from_slice(&e.deadline_ms.unwrap_or(0).to_le_bytes());
     out.push(e.priority.index() as u8);
-    for s in [e.content_type.as_str(), e.idempotency_key.as_deref().unwrap_or("")] {
+    for s in [
+        e.content_type.as_str(),
+        e.idempotency_key.as_deref().unwrap_or(""),
+    ] {
         out.extend_from_slice(&(s.len() as u16).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
     }
@@ -196,17 +205,34 @@ fn encode_dead(d: &DeadEvent) -> Vec<u8> {
 fn decode_dead(b: &[u8]) -> Result<DeadEvent, StoreError> {
     let bad = || StoreError("corrupt dead-letter record".into());
     let u64_at = |at: usize| -> Result<u64, StoreError> {
-        Ok(u64::from_le_bytes(b.get(at..at + 8).ok_or_else(bad)?.try_into().map_err(|_| bad())?))
+        Ok(u64::from_le_bytes(
+            b.get(at..at + 8)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        ))
     };
     let seq = u64_at(0)?;
-    let attempts = u32::from_le_bytes(b.get(8..12).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let attempts = u32::from_le_bytes(
+        b.get(8..12)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
     let dead_ms = u64_at(12)?;
     let mut at = 20;
     let mut strings = Vec::new();
     for _ in 0..2 {
-        let len = u32::from_le_bytes(b.get(at..at + 4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+        let len = u32::from_le_bytes(
+            b.get(at..at + 4)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        ) as usize;
         at += 4;
-        strings.push(String::from_utf8(b.get(at..at + len).ok_or_else(bad)?.to_vec()).map_err(|_| bad())?);
+        strings.push(
+            String::from_utf8(b.get(at..at + len).ok_or_else(bad)?.to_vec()).map_err(|_| bad())?,
+        );
         at += len;
     }
     let error = strings.pop().unwrap_or_default();
@@ -316,8 +342,13 @@ impl RedbStore {
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let ops = self.ops.as_ref().ok_or_else(|| StoreError("store closed".into()))?;
-        ops.send(op(tx)).await.map_err(|_| StoreError("writer stopped".into()))?;
+        let ops = self
+            .ops
+            .as_ref()
+            .ok_or_else(|| StoreError("store closed".into()))?;
+        ops.send(op(tx))
+            .await
+            .map_err(|_| StoreError("writer stopped".into()))?;
         rx.await.map_err(|_| StoreError("writer stopped".into()))?
     }
 }
@@ -345,12 +376,14 @@ impl Writer {
             let saved = self.next.clone();
             match self.commit(batch) {
                 Ok(outcomes) => {
-                    self.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.healthy
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     outcomes.into_iter().for_each(Outcome::succeed);
                 }
                 Err((e, outcomes)) => {
                     tracing::error!(error = %e, "store commit failed");
-                    self.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.healthy
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     self.next = saved;
                     outcomes.into_iter().for_each(|o| o.fail(&e));
                 }
@@ -380,10 +413,15 @@ impl Writer {
                             let mut buf = Vec::new();
                             for e in new {
                                 if let Some(key) = &e.idempotency_key {
-                                    if let Some(v) = idem.get((topic.as_str(), key.as_str())).map_err(err)? {
+                                    if let Some(v) =
+                                        idem.get((topic.as_str(), key.as_str())).map_err(err)?
+                                    {
                                         let (seq, expires) = v.value();
                                         if expires > now {
-                                            out.push(Appended { seq, duplicate: true });
+                                            out.push(Appended {
+                                                seq,
+                                                duplicate: true,
+                                            });
                                             continue;
                                         }
                                     }
@@ -393,15 +431,24 @@ impl Writer {
                                 *next += 1;
                                 buf.clear();
                                 encode(&e, &mut buf);
-                                events.insert((topic.as_str(), seq), buf.as_slice()).map_err(err)?;
+                                events
+                                    .insert((topic.as_str(), seq), buf.as_slice())
+                                    .map_err(err)?;
                                 if let Some(key) = &e.idempotency_key {
                                     let expires = now + DEDUP_WINDOW.as_millis() as u64;
-                                    idem.insert((topic.as_str(), key.as_str()), (seq, expires)).map_err(err)?;
+                                    idem.insert((topic.as_str(), key.as_str()), (seq, expires))
+                                        .map_err(err)?;
                                 }
-                                out.push(Appended { seq, duplicate: false });
+                                out.push(Appended {
+                                    seq,
+                                    duplicate: false,
+                                });
                             }
-                            seqs.insert(topic.as_str(), self.next.get(&topic).copied().unwrap_or(1))
-                                .map_err(err)?;
+                            seqs.insert(
+                                topic.as_str(),
+                                self.next.get(&topic).copied().unwrap_or(1),
+                            )
+                            .map_err(err)?;
                             outcomes.push(Outcome::Appended(reply, out));
                         }
                         Op::Ack(topic, acked, reply) => {
@@ -436,11 +483,16 @@ impl Writer {
                                 event.deadline_ms = None;
                                 buf.clear();
                                 encode(&event, &mut buf);
-                                events.insert((topic.as_str(), seq), buf.as_slice()).map_err(err)?;
+                                events
+                                    .insert((topic.as_str(), seq), buf.as_slice())
+                                    .map_err(err)?;
                                 moved.push(StoredEvent { seq, event });
                             }
-                            seqs.insert(topic.as_str(), self.next.get(&topic).copied().unwrap_or(1))
-                                .map_err(err)?;
+                            seqs.insert(
+                                topic.as_str(),
+                                self.next.get(&topic).copied().unwrap_or(1),
+                            )
+                            .map_err(err)?;
                             outcomes.push(Outcome::Replayed(reply, moved));
                         }
                     }
@@ -472,16 +524,29 @@ impl Writer {
 }
 
 impl Store for RedbStore {
-    fn append(&self, topic: &str, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
+    fn append(
+        &self,
+        topic: &str,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
         let topic = topic.to_owned();
         Box::pin(self.call(move |r| Op::Append(topic, events, r)))
     }
 
-    fn read_from(&self, topic: &str, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    fn read_from(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let t = txn.open_table(EVENTS).map_err(err)?;
         let mut out = Vec::new();
-        for row in t.range((topic, from)..=(topic, u64::MAX)).map_err(err)?.take(max) {
+        for row in t
+            .range((topic, from)..=(topic, u64::MAX))
+            .map_err(err)?
+            .take(max)
+        {
             let (k, v) = row.map_err(err)?;
             out.push(StoredEvent {
                 seq: k.value().1,
@@ -505,7 +570,11 @@ impl Store for RedbStore {
         let txn = self.db.begin_read().map_err(err)?;
         let t = txn.open_table(DEAD).map_err(err)?;
         let mut out = Vec::new();
-        for row in t.range((topic, 0)..=(topic, u64::MAX)).map_err(err)?.take(max) {
+        for row in t
+            .range((topic, 0)..=(topic, u64::MAX))
+            .map_err(err)?
+            .take(max)
+        {
             let (_, v) = row.map_err(err)?;
             out.push(decode_dead(v.value())?);
         }
@@ -585,22 +654,61 @@ mod tests {
         let path = dir.path().join("store.redb");
         {
             let s = RedbStore::open(&path, Fsync::Batch).unwrap();
-            let a = s.append("t", vec![event("1", Some("x")), event("2", None)]).await.unwrap();
-            assert_eq!(a, vec![Appended { seq: 1, duplicate: false }, Appended { seq: 2, duplicate: false }]);
+            let a = s
+                .append("t", vec![event("1", Some("x")), event("2", None)])
+                .await
+                .unwrap();
+            assert_eq!(
+                a,
+                vec![
+                    Appended {
+                        seq: 1,
+                        duplicate: false
+                    },
+                    Appended {
+                        seq: 2,
+                        duplicate: false
+                    }
+                ]
+            );
             // The same idempotency key again: acknowledged, not stored twice.
             let again = s.append("t", vec![event("1", Some("x"))]).await.unwrap();
-            assert_eq!(again, vec![Appended { seq: 1, duplicate: true }]);
+            assert_eq!(
+                again,
+                vec![Appended {
+                    seq: 1,
+                    duplicate: true
+                }]
+            );
             assert_eq!(s.read_from("t", 0, 10).unwrap().len(), 2);
             s.ack("t", vec![1]).await.unwrap();
             let left = s.read_from("t", 0, 10).unwrap();
-            s.dead_letter("t", DeadEvent { stored: left[0].clone(), reason: "expired".into(), error: String::new(), attempts: 1, dead_ms: 5 }).await.unwrap();
+            s.dead_letter(
+                "t",
+                DeadEvent {
+                    stored: left[0].clone(),
+                    reason: "expired".into(),
+                    error: String::new(),
+                    attempts: 1,
+                    dead_ms: 5,
+                },
+            )
+            .await
+            .unwrap();
             assert!(s.read_from("t", 0, 10).unwrap().is_empty());
             assert_eq!(s.dead_letters("t", 10).unwrap().len(), 1);
         }
         // Reopen: state survives, sequence numbers keep rising.
         let s = RedbStore::open(&path, Fsync::Batch).unwrap();
         let r = s.recover().unwrap();
-        assert_eq!(r["t"], TopicState { backlog_events: 0, backlog_bytes: 0, dead_letters: 1 });
+        assert_eq!(
+            r["t"],
+            TopicState {
+                backlog_events: 0,
+                backlog_bytes: 0,
+                dead_letters: 1
+            }
+        );
         let replayed = s.replay("t").await.unwrap();
         assert_eq!(replayed.len(), 1);
         assert_eq!(replayed[0].seq, 3);

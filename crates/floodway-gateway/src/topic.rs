@@ -16,7 +16,10 @@ use std::time::Duration;
 use floodway::limit::concurrency::{Aimd, Fixed, Gradient2, Vegas};
 use floodway::pressure::{DrainRate, RetryBounds};
 use floodway::queue::Meta;
-use floodway::{ConcurrencyLimiter, ElasticPool, KeyedRateLimiter, Level, Pressure, Priority, Quota, Queue, RateLimiter};
+use floodway::{
+    ConcurrencyLimiter, ElasticPool, KeyedRateLimiter, Level, Pressure, Priority, Queue, Quota,
+    RateLimiter,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -39,11 +42,20 @@ pub fn watermark(p: Priority) -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     /// The producer's quota is spent (`429`).
-    Quota { retry_after: Duration, detail: String },
+    Quota {
+        retry_after: Duration,
+        detail: String,
+    },
     /// The backlog is over this class's watermark (`429`).
-    Watermark { retry_after: Duration, detail: String },
+    Watermark {
+        retry_after: Duration,
+        detail: String,
+    },
     /// The backlog is full (`503`).
-    Full { retry_after: Duration, detail: String },
+    Full {
+        retry_after: Duration,
+        detail: String,
+    },
 }
 
 /// Backlog capacity taken for a request, returned if the request does not store everything.
@@ -57,8 +69,12 @@ pub struct Reservation<'a> {
 impl Reservation<'_> {
     /// Keeps `events`/`bytes` of the reservation (they were stored) and returns the rest.
     pub fn commit(mut self, events: u64, bytes: u64) {
-        self.topic.backlog_events.fetch_sub(self.events - events, Ordering::AcqRel);
-        self.topic.backlog_bytes.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+        self.topic
+            .backlog_events
+            .fetch_sub(self.events - events, Ordering::AcqRel);
+        self.topic
+            .backlog_bytes
+            .fetch_sub(self.bytes - bytes, Ordering::AcqRel);
         self.events = 0;
         self.bytes = 0;
         self.topic.appended.notify_one();
@@ -67,8 +83,12 @@ impl Reservation<'_> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.topic.backlog_events.fetch_sub(self.events, Ordering::AcqRel);
-        self.topic.backlog_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.topic
+            .backlog_events
+            .fetch_sub(self.events, Ordering::AcqRel);
+        self.topic
+            .backlog_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -100,19 +120,30 @@ pub struct Topic {
 
 fn quota(r: Rate) -> Quota {
     let per = NonZeroU32::new(r.per_second.max(1)).expect("at least 1");
-    Quota::per_second(per).allow_burst(NonZeroU32::new(r.burst.unwrap_or(r.per_second).max(1)).expect("at least 1"))
+    Quota::per_second(per)
+        .allow_burst(NonZeroU32::new(r.burst.unwrap_or(r.per_second).max(1)).expect("at least 1"))
 }
 
 impl Topic {
     /// A topic with the backlog found in the store.
-    pub fn new(name: String, config: TopicConfig, backlog_events: u64, backlog_bytes: u64, dead: u64) -> Topic {
+    pub fn new(
+        name: String,
+        config: TopicConfig,
+        backlog_events: u64,
+        backlog_bytes: u64,
+        dead: u64,
+    ) -> Topic {
         let c = config.concurrency;
         let builder = match c.algorithm {
-            Algorithm::Aimd => ConcurrencyLimiter::builder(Aimd::new(c.min, c.max).initial(c.min.max(4).min(c.max))),
-            Algorithm::Vegas => ConcurrencyLimiter::builder(Vegas::new(c.min, c.max).initial(c.min.max(4).min(c.max))),
-            Algorithm::Gradient2 => {
-                ConcurrencyLimiter::builder(Gradient2::new(c.min, c.max).initial(c.min.max(4).min(c.max)))
-            }
+            Algorithm::Aimd => ConcurrencyLimiter::builder(
+                Aimd::new(c.min, c.max).initial(c.min.max(4).min(c.max)),
+            ),
+            Algorithm::Vegas => ConcurrencyLimiter::builder(
+                Vegas::new(c.min, c.max).initial(c.min.max(4).min(c.max)),
+            ),
+            Algorithm::Gradient2 => ConcurrencyLimiter::builder(
+                Gradient2::new(c.min, c.max).initial(c.min.max(4).min(c.max)),
+            ),
             Algorithm::Fixed => ConcurrencyLimiter::builder(Fixed(c.max)),
         };
         let limiter = builder
@@ -122,7 +153,9 @@ impl Topic {
             .expect("checked configuration");
         let now = Instant::now();
         Topic {
-            producers: config.producers.map(|r| KeyedRateLimiter::new(quota(r), 100_000)),
+            producers: config
+                .producers
+                .map(|r| KeyedRateLimiter::new(quota(r), 100_000)),
             rate: config.rate_limit.map(|r| RateLimiter::new(quota(r))),
             name,
             backlog_events: AtomicU64::new(backlog_events),
@@ -132,10 +165,21 @@ impl Topic {
             delivered: AtomicU64::new(0),
             refused: Mutex::default(),
             dead_by_reason: Mutex::default(),
-            arrivals: Mutex::new(DrainRate::new(Duration::from_millis(250), Duration::from_secs(2), now)),
-            departures: Mutex::new(DrainRate::new(Duration::from_millis(250), Duration::from_secs(2), now)),
+            arrivals: Mutex::new(DrainRate::new(
+                Duration::from_millis(250),
+                Duration::from_secs(2),
+                now,
+            )),
+            departures: Mutex::new(DrainRate::new(
+                Duration::from_millis(250),
+                Duration::from_secs(2),
+                now,
+            )),
             oldest_ms: AtomicU64::new(0),
-            pressure: Pressure::builder().min_dwell(Duration::from_secs(1)).build().expect("default marks"),
+            pressure: Pressure::builder()
+                .min_dwell(Duration::from_secs(1))
+                .build()
+                .expect("default marks"),
             limiter,
             appended: Notify::new(),
             pool: Mutex::new(None),
@@ -145,8 +189,10 @@ impl Topic {
 
     /// How full the backlog is (the larger of events and bytes), 0..=1 and beyond.
     pub fn utilisation(&self) -> f64 {
-        let e = self.backlog_events.load(Ordering::Acquire) as f64 / self.config.max_backlog_events as f64;
-        let b = self.backlog_bytes.load(Ordering::Acquire) as f64 / self.config.max_backlog_bytes.0 as f64;
+        let e = self.backlog_events.load(Ordering::Acquire) as f64
+            / self.config.max_backlog_events as f64;
+        let b = self.backlog_bytes.load(Ordering::Acquire) as f64
+            / self.config.max_backlog_bytes.0 as f64;
         e.max(b)
     }
 
@@ -160,16 +206,28 @@ impl Topic {
             min: Duration::from_secs(1),
             max: Duration::from_secs(60),
         };
-        self.departures.lock().unwrap_or_else(|e| e.into_inner()).time_to_drain(events.max(1), Instant::now(), bounds)
+        self.departures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .time_to_drain(events.max(1), Instant::now(), bounds)
     }
 
     /// Counts a refusal by reason.
     pub fn count_refusal(&self, reason: &'static str) {
-        *self.refused.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// Checks the producer's quota for `n` events.
-    pub fn check_quota(&self, producer: &str, n: u32) -> Result<Option<floodway::limit::rate::Allowed>, Refusal> {
+    pub fn check_quota(
+        &self,
+        producer: &str,
+        n: u32,
+    ) -> Result<Option<floodway::limit::rate::Allowed>, Refusal> {
         let Some(limiter) = &self.producers else {
             return Ok(None);
         };
@@ -199,11 +257,23 @@ impl Topic {
     }
 
     /// Takes backlog room for `events`/`bytes` of class `priority`, or says why not.
-    pub fn reserve(&self, events: u64, bytes: u64, priority: Priority) -> Result<Reservation<'_>, Refusal> {
+    pub fn reserve(
+        &self,
+        events: u64,
+        bytes: u64,
+        priority: Priority,
+    ) -> Result<Reservation<'_>, Refusal> {
         let e_after = self.backlog_events.fetch_add(events, Ordering::AcqRel) + events;
         let b_after = self.backlog_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let reservation = Reservation { topic: self, events, bytes };
-        let (max_e, max_b) = (self.config.max_backlog_events, self.config.max_backlog_bytes.0);
+        let reservation = Reservation {
+            topic: self,
+            events,
+            bytes,
+        };
+        let (max_e, max_b) = (
+            self.config.max_backlog_events,
+            self.config.max_backlog_bytes.0,
+        );
         if e_after > max_e || b_after > max_b {
             self.count_refusal("full");
             let over = e_after.saturating_sub(max_e).max(1);
@@ -240,21 +310,29 @@ impl Topic {
     /// Records accepted events.
     pub fn record_accepted(&self, n: u64) {
         self.accepted.fetch_add(n, Ordering::Relaxed);
-        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).record(n, Instant::now());
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(n, Instant::now());
     }
 
     fn record_departure(&self, bytes: u64) {
         self.backlog_events.fetch_sub(1, Ordering::AcqRel);
         self.backlog_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.departures.lock().unwrap_or_else(|e| e.into_inner()).record(1, Instant::now());
+        self.departures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(1, Instant::now());
     }
 
     /// Events added back to the backlog by a replay.
     pub fn record_replayed(&self, events: &[StoredEvent]) {
         let bytes: u64 = events.iter().map(|e| e.event.body.len() as u64).sum();
-        self.backlog_events.fetch_add(events.len() as u64, Ordering::AcqRel);
+        self.backlog_events
+            .fetch_add(events.len() as u64, Ordering::AcqRel);
         self.backlog_bytes.fetch_add(bytes, Ordering::AcqRel);
-        self.dead_letters.fetch_sub(events.len() as u64, Ordering::AcqRel);
+        self.dead_letters
+            .fetch_sub(events.len() as u64, Ordering::AcqRel);
         self.appended.notify_one();
     }
 
@@ -271,7 +349,12 @@ impl Topic {
     pub fn stats(&self) -> serde_json::Value {
         let now = Instant::now();
         let limiter = self.limiter.stats();
-        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(ElasticPool::stats);
+        let pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(ElasticPool::stats);
         let oldest = self.oldest_ms.load(Ordering::Acquire);
         serde_json::json!({
             "topic": self.name,
@@ -351,7 +434,8 @@ impl Topic {
                 continue;
             }
             if let Some(first) = batch.first() {
-                self.oldest_ms.store(first.event.accepted_ms, Ordering::Release);
+                self.oldest_ms
+                    .store(first.event.accepted_ms, Ordering::Release);
             }
             for e in batch {
                 cursor = e.seq + 1;
@@ -378,11 +462,15 @@ impl Topic {
         loop {
             let now = now_ms();
             if e.event.deadline_ms.is_some_and(|d| d <= now) {
-                return self.bury(store, e, "expired", last_error, attempt, bytes).await;
+                return self
+                    .bury(store, e, "expired", last_error, attempt, bytes)
+                    .await;
             }
             if let Some(max_age) = self.config.shed.max_age {
                 if now.saturating_sub(e.event.accepted_ms) > max_age.0.as_millis() as u64 {
-                    return self.bury(store, e, "shed", last_error, attempt, bytes).await;
+                    return self
+                        .bury(store, e, "shed", last_error, attempt, bytes)
+                        .await;
                 }
             }
             if let Some(rate) = &self.rate {
@@ -408,23 +496,38 @@ impl Topic {
                 }
                 Attempt::Permanent { error } => {
                     permit.success();
-                    return self.bury(store, e, "permanent", error, attempt, bytes).await;
+                    return self
+                        .bury(store, e, "permanent", error, attempt, bytes)
+                        .await;
                 }
                 Attempt::Retry { after, error } => {
                     permit.dropped();
                     tracing::debug!(topic = %self.name, seq = e.seq, attempt, %error, "delivery failed");
                     if attempt >= self.config.retry.max_attempts {
-                        return self.bury(store, e, "exhausted", error, attempt, bytes).await;
+                        return self
+                            .bury(store, e, "exhausted", error, attempt, bytes)
+                            .await;
                     }
                     last_error = error;
-                    let wait = self.backoff(attempt).max(after.unwrap_or_default()).min(self.config.retry.max.0.max(after.unwrap_or_default()));
+                    let wait = self
+                        .backoff(attempt)
+                        .max(after.unwrap_or_default())
+                        .min(self.config.retry.max.0.max(after.unwrap_or_default()));
                     tokio::time::sleep(wait).await;
                 }
             }
         }
     }
 
-    async fn bury(&self, store: &dyn Store, e: StoredEvent, reason: &str, error: String, attempts: u32, bytes: u64) {
+    async fn bury(
+        &self,
+        store: &dyn Store,
+        e: StoredEvent,
+        reason: &str,
+        error: String,
+        attempts: u32,
+        bytes: u64,
+    ) {
         let dead = DeadEvent {
             stored: e,
             reason: reason.to_owned(),
@@ -436,7 +539,12 @@ impl Topic {
             tracing::error!(topic = %self.name, error = %err, "dead-lettering failed; retrying");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        *self.dead_by_reason.lock().unwrap_or_else(|e| e.into_inner()).entry(reason.to_owned()).or_default() += 1;
+        *self
+            .dead_by_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason.to_owned())
+            .or_default() += 1;
         self.dead_letters.fetch_add(1, Ordering::AcqRel);
         self.record_departure(bytes);
     }

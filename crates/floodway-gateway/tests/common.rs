@@ -39,8 +39,15 @@ pub fn spawn(args: &[&str]) -> Proc {
         // Keep draining so the child never blocks on a full pipe.
         for _ in lines {}
     });
-    let first = rx.recv_timeout(Duration::from_secs(30)).expect("the process prints its address");
-    let url = first.split_whitespace().last().expect("an address").trim_end_matches('/').to_owned();
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the process prints its address");
+    let url = first
+        .split_whitespace()
+        .last()
+        .expect("an address")
+        .trim_end_matches('/')
+        .to_owned();
     Proc { child, url }
 }
 
@@ -92,7 +99,11 @@ pub async fn sink_ids(sink: &Proc, topic: &str) -> std::collections::HashSet<Str
     let s = get_json(&format!("{}/stats?ids=true", sink.url)).await;
     s["ids"][topic]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

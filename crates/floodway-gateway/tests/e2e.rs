@@ -35,12 +35,18 @@ async fn an_event_is_delivered_once_and_a_repeated_key_is_not_stored_twice() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["accepted"], 1);
     let id = body["ids"][0].as_str().unwrap().to_owned();
-    wait_for(Duration::from_secs(20), "delivery", || async { sink_ids(&sink, "orders").await.contains(&id) }).await;
+    wait_for(Duration::from_secs(20), "delivery", || async {
+        sink_ids(&sink, "orders").await.contains(&id)
+    })
+    .await;
     let again: serde_json::Value = send().await.unwrap().json().await.unwrap();
     assert_eq!(again["ids"][0], id.as_str());
     assert_eq!(again["duplicates"], 1);
     let t = get_json(&format!("{}/v1/topics/orders", gw.url)).await;
-    assert_eq!(t["accepted"], 1, "the repeated key was acknowledged, not stored: {t}");
+    assert_eq!(
+        t["accepted"], 1,
+        "the repeated key was acknowledged, not stored: {t}"
+    );
     let stats = get_json(&format!("{}/stats", sink.url)).await;
     assert_eq!(stats["duplicates"], 0);
 }
@@ -49,21 +55,64 @@ async fn an_event_is_delivered_once_and_a_repeated_key_is_not_stored_twice() {
 async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(&["--rate", "1000"]);
-    let gw = gateway(dir.path(), &topic_config(&sink.url, "max_event_bytes = \"1KiB\""));
+    let gw = gateway(
+        dir.path(),
+        &topic_config(&sink.url, "max_event_bytes = \"1KiB\""),
+    );
     let client = reqwest::Client::new();
     let url = format!("{}/v1/topics/orders/events", gw.url);
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (client.post(&url).header("content-type", "application/json").body("{\"a\":"), 400, "line 1"),
         (
-            client.post(&url).header("content-type", "application/x-ndjson").body("{\"a\":1}\n{\"b\":2}\n{oops}\n"),
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body("{\"a\":"),
+            400,
+            "line 1",
+        ),
+        (
+            client
+                .post(&url)
+                .header("content-type", "application/x-ndjson")
+                .body("{\"a\":1}\n{\"b\":2}\n{oops}\n"),
             400,
             "line 3",
         ),
-        (client.post(&url).header("content-type", "application/json").body(format!("\"{}\"", "x".repeat(2000))), 413, "max_event_bytes"),
+        (
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(format!("\"{}\"", "x".repeat(2000))),
+            413,
+            "max_event_bytes",
+        ),
         (client.post(&url).body("{}"), 415, "Content-Type"),
-        (client.post(format!("{}/v1/topics/nope/events", gw.url)).header("content-type", "application/json").body("{}"), 404, "unknown topic"),
-        (client.post(&url).header("content-type", "application/json").header("floodway-priority", "urgent").body("{}"), 400, "urgent"),
-        (client.post(&url).header("content-type", "application/json").header("floodway-ttl", "soon").body("{}"), 400, "Floodway-TTL"),
+        (
+            client
+                .post(format!("{}/v1/topics/nope/events", gw.url))
+                .header("content-type", "application/json")
+                .body("{}"),
+            404,
+            "unknown topic",
+        ),
+        (
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("floodway-priority", "urgent")
+                .body("{}"),
+            400,
+            "urgent",
+        ),
+        (
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("floodway-ttl", "soon")
+                .body("{}"),
+            400,
+            "Floodway-TTL",
+        ),
     ];
     for (req, status, needle) in cases {
         let r = req.send().await.unwrap();
@@ -72,10 +121,17 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
         let p: serde_json::Value = r.json().await.unwrap();
         assert_eq!(p["status"], status);
         let detail = p["detail"].as_str().unwrap();
-        assert!(detail.contains(needle), "{status}: {detail:?} should mention {needle:?}");
+        assert!(
+            detail.contains(needle),
+            "{status}: {detail:?} should mention {needle:?}"
+        );
     }
     let t = get_json(&format!("{}/v1/topics/orders", gw.url)).await;
-    assert_eq!((t["accepted"].as_u64(), t["backlog_events"].as_u64()), (Some(0), Some(0)), "{t}");
+    assert_eq!(
+        (t["accepted"].as_u64(), t["backlog_events"].as_u64()),
+        (Some(0), Some(0)),
+        "{t}"
+    );
     // The gateway still works after all that.
     assert_eq!(post_json(&client, &url, "{}").await.status(), 202);
 }
@@ -84,7 +140,10 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
 async fn overload_is_refused_with_retry_after_and_every_acknowledged_event_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(&["--rate", "100"]);
-    let gw = gateway(dir.path(), &topic_config(&sink.url, "max_backlog_events = 60"));
+    let gw = gateway(
+        dir.path(),
+        &topic_config(&sink.url, "max_backlog_events = 60"),
+    );
     let client = reqwest::Client::new();
     let url = format!("{}/v1/topics/orders/events", gw.url);
     let mut acked = HashSet::new();
@@ -94,7 +153,9 @@ async fn overload_is_refused_with_retry_after_and_every_acknowledged_event_arriv
         let batch: Vec<_> = (0..4)
             .map(|i| {
                 let (client, url) = (client.clone(), url.clone());
-                tokio::spawn(async move { post_json(&client, &url, &format!("{{\"n\":{i}}}")).await })
+                tokio::spawn(
+                    async move { post_json(&client, &url, &format!("{{\"n\":{i}}}")).await },
+                )
             })
             .collect();
         for handle in batch {
@@ -105,8 +166,15 @@ async fn overload_is_refused_with_retry_after_and_every_acknowledged_event_arriv
                     acked.insert(b["ids"][0].as_str().unwrap().to_owned());
                 }
                 429 | 503 => {
-                    let after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-                    assert!((1..=60).contains(&after), "an honest, bounded Retry-After: {after}");
+                    let after: u64 = r.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!(
+                        (1..=60).contains(&after),
+                        "an honest, bounded Retry-After: {after}"
+                    );
                     assert_eq!(r.headers()["content-type"], "application/problem+json");
                     refused += 1;
                 }
@@ -114,10 +182,118 @@ async fn overload_is_refused_with_retry_after_and_every_acknowledged_event_arriv
             }
         }
     }
-    assert!(refused > 0, "offered load beyond the backlog bound must be refused");
+    assert!(
+        refused > 0,
+        "offered load beyond the backlog bound must be refused"
+    );
     assert!(!acked.is_empty());
-    wait_for(Duration::from_secs(30), "every acknowledged id at the sink", || async {
-        sink_ids(&sink, "orders").await.is_superset(&acked)
+    wait_for(
+        Duration::from_secs(30),
+        "every acknowledged id at the sink",
+        || async { sink_ids(&sink, "orders").await.is_superset(&acked) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_goes_down_and_comes_back_is_fully_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    // Down for the first 3 s (every request refused with 503), then 500/s.
+    let sink = sink(&["--rate", "500", "--schedule", "0s:rate=0,3s:rate=500"]);
+    let gw = gateway(
+        dir.path(),
+        &topic_config(
+            &sink.url,
+            "retry = { max_attempts = 30, base = \"50ms\", max = \"1s\" }",
+        ),
+    );
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/topics/orders/events", gw.url);
+    let mut acked = HashSet::new();
+    for i in 0..50 {
+        let r = post_json(&client, &url, &format!("{{\"i\":{i}}}")).await;
+        assert_eq!(r.status(), 202);
+        let b: serde_json::Value = r.json().await.unwrap();
+        acked.insert(b["ids"][0].as_str().unwrap().to_owned());
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "a full drain after the sink came back",
+        || async { sink_ids(&sink, "orders").await == acked },
+    )
+    .await;
+    let stats = get_json(&format!("{}/stats", sink.url)).await;
+    assert!(
+        stats["rejected"].as_u64().unwrap() > 0,
+        "the sink was really down: {stats}"
+    );
+    let t = get_json(&format!("{}/v1/topics/orders", gw.url)).await;
+    assert_eq!(t["backlog_events"], 0);
+    assert_eq!(t["dead_letters"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_event_is_dead_lettered_and_replay_delivers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Down for 2 s: the event's 300 ms TTL passes while deliveries fail.
+    let sink = sink(&["--rate", "100", "--schedule", "0s:rate=0,2s:rate=100"]);
+    let gw = gateway(
+        dir.path(),
+        &topic_config(
+            &sink.url,
+            "retry = { max_attempts = 50, base = \"50ms\", max = \"200ms\" }",
+        ),
+    );
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v1/topics/orders/events", gw.url))
+        .header("content-type", "application/json")
+        .header("floodway-ttl", "300ms")
+        .body(r#"{"late":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let dl_url = format!("{}/v1/topics/orders/dead-letters", gw.url);
+    wait_for(
+        Duration::from_secs(20),
+        "the expired event in dead letters",
+        || async {
+            get_json(&dl_url).await["dead_letters"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        },
+    )
+    .await;
+    let dl = get_json(&dl_url).await;
+    assert_eq!(dl["dead_letters"][0]["reason"], "expired");
+    assert_eq!(dl["dead_letters"][0]["body"]["late"], true);
+    assert!(sink_ids(&sink, "orders").await.is_empty());
+    // Wait for the sink to be back, then replay.
+    wait_for(Duration::from_secs(20), "the sink back up", || async {
+        get_json(&format!("{}/stats", sink.url)).await["rate"] == 100
     })
     .await;
+    let replayed: serde_json::Value = client
+        .post(format!("{dl_url}/replay"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replayed["replayed"], 1);
+    let new_id = replayed["ids"][0].as_str().unwrap().to_owned();
+    wait_for(
+        Duration::from_secs(20),
+        "the replayed event at the sink",
+        || async { sink_ids(&sink, "orders").await.contains(&new_id) },
+    )
+    .await;
+    assert!(
+        get_json(&dl_url).await["dead_letters"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }

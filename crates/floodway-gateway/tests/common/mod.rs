@@ -8,8 +8,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A running `floodway` process; killed when dropped.
+#[derive(Debug)]
 pub struct Proc {
+    /// The process.
     pub child: Child,
+    /// Its base URL, from its first line of output.
     pub url: String,
 }
 
@@ -90,6 +93,7 @@ where
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
+/// GETs `url` as JSON.
 pub async fn get_json(url: &str) -> serde_json::Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
@@ -107,6 +111,7 @@ pub async fn sink_ids(sink: &Proc, topic: &str) -> std::collections::HashSet<Str
         .unwrap_or_default()
 }
 
+/// POSTs `body` as `application/json`.
 pub async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> reqwest::Response {
     client
         .post(url)

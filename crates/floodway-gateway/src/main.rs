@@ -52,6 +52,14 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// A bare HTTP handler that answers 202 to every event without storing it: the baseline the
+    /// ingest benchmark compares the gateway with.
+    #[command(hide = true)]
+    Bare {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(serve(c))
         }
         Command::SinkSim(args) => runtime()?.block_on(sinksim::run(args)),
+        Command::Bare { listen } => runtime()?.block_on(bare(listen)),
     }
 }
 
@@ -128,6 +137,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gw.stop(Duration::from_secs(10)).await;
     drop(gw);
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bare(listen: SocketAddr) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        "/v1/topics/{topic}/events",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            let _ = body.len();
+            (axum::http::StatusCode::ACCEPTED, "{\"accepted\":1}")
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("bare listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
     Ok(())
 }
 

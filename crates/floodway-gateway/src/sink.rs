@@ -6,8 +6,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
 
 use crate::config::SinkConfig;
 use crate::store::StoredEvent;
@@ -42,9 +40,9 @@ pub enum Sink {
         url: String,
     },
     /// Append JSON lines to a file.
-    File(Mutex<tokio::fs::File>),
+    File(std::sync::Mutex<std::fs::File>),
     /// Print JSON lines.
-    Stdout(Mutex<tokio::io::Stdout>),
+    Stdout,
 }
 
 impl Sink {
@@ -59,8 +57,8 @@ impl Sink {
                     .map_err(std::io::Error::other)?,
                 url: url.clone(),
             },
-            SinkConfig::File { path } => Sink::File(Mutex::new(open_append(path).await?)),
-            SinkConfig::Stdout => Sink::Stdout(Mutex::new(tokio::io::stdout())),
+            SinkConfig::File { path } => Sink::File(std::sync::Mutex::new(open_append(path).await?)),
+            SinkConfig::Stdout => Sink::Stdout,
         })
     }
 
@@ -68,21 +66,20 @@ impl Sink {
     pub async fn deliver(&self, topic: &str, e: &StoredEvent, attempt: u32) -> Attempt {
         match self {
             Sink::Http { client, url } => http(client, url, topic, e, attempt).await,
-            Sink::File(file) => write_line(&mut *file.lock().await, topic, e).await,
-            Sink::Stdout(out) => write_line(&mut *out.lock().await, topic, e).await,
+            // One short append to the page cache: written in place, since a hop to tokio's
+            // blocking pool per event costs more than the write (the file is opened O_APPEND,
+            // unbuffered, so each line is one write call).
+            Sink::File(file) => write_line(&mut *file.lock().unwrap_or_else(|p| p.into_inner()), topic, e),
+            Sink::Stdout => write_line(&mut std::io::stdout().lock(), topic, e),
         }
     }
 }
 
-async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
+async fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
-    tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
 async fn http(
@@ -159,18 +156,9 @@ pub fn json_line(topic: &str, e: &StoredEvent) -> Vec<u8> {
     line
 }
 
-async fn write_line<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    topic: &str,
-    e: &StoredEvent,
-) -> Attempt {
+fn write_line<W: std::io::Write>(w: &mut W, topic: &str, e: &StoredEvent) -> Attempt {
     let line = json_line(topic, e);
-    match async {
-        w.write_all(&line).await?;
-        w.flush().await
-    }
-    .await
-    {
+    match w.write_all(&line).and_then(|()| w.flush()) {
         Ok(()) => Attempt::Delivered,
         Err(err) => Attempt::Retry {
             after: None,

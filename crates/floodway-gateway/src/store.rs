@@ -118,7 +118,9 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `max` events of `topic` with sequence numbers from `from`, in order.
     fn read_from(&self, topic: &str, from: u64, max: usize)
     -> Result<Vec<StoredEvent>, StoreError>;
-    /// Removes delivered events.
+    /// Removes delivered events. Completes once the removal is queued for the next commit, not
+    /// when it is durable: an ack lost in a crash only means the event is delivered again (at least
+    /// once), so delivery need not wait for a sync.
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Moves an event to the topic's dead letters.
     fn dead_letter(&self, topic: &str, dead: DeadEvent) -> BoxFuture<'_, Result<(), StoreError>>;
@@ -558,7 +560,12 @@ impl Store for RedbStore {
 
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
         let topic = topic.to_owned();
-        Box::pin(self.call(move |r| Op::Ack(topic, seqs, r)))
+        Box::pin(async move {
+            let ops = self.ops.as_ref().ok_or_else(|| StoreError("store closed".into()))?;
+            // Nobody waits for the reply; a failed commit is logged by the writer.
+            let (tx, _) = oneshot::channel();
+            ops.send(Op::Ack(topic, seqs, tx)).await.map_err(|_| StoreError("writer stopped".into()))
+        })
     }
 
     fn dead_letter(&self, topic: &str, dead: DeadEvent) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -484,11 +484,10 @@ impl Topic {
             match sink.deliver(&self.name, &e, attempt).await {
                 Attempt::Delivered => {
                     permit.success();
-                    // Retry the ack until it is stored: an unacked delivered event would be sent
-                    // again after a restart (at least once), never lost.
-                    while let Err(err) = store.ack(&self.name, vec![e.seq]).await {
-                        tracing::error!(topic = %self.name, error = %err, "ack failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    // An ack that never reaches the disk (crash, store failure) only means the event
+                    // is delivered again after a restart: at least once, never lost.
+                    if let Err(err) = store.ack(&self.name, vec![e.seq]).await {
+                        tracing::error!(topic = %self.name, error = %err, "ack not queued; the event will be redelivered");
                     }
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                     self.record_departure(bytes);

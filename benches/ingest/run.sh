@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Ingest throughput: the gateway (fsync = "batch", single events and NDJSON batches of 100) beside a
+# bare axum handler that answers 202 without storing, over keep-alive connections, in one run.
+# FSYNC=always|batch|never picks the sync policy (default batch).
+# Needs wrk (apt-get install wrk). Usage: benches/ingest/run.sh [seconds] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-10}
+conns=${2:-32}
+command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
+cargo build --release -q -p floodway-gateway
+bin=target/release/floodway
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+# Starts a process in this shell (so the trap can stop it) and waits for its address line.
+start() { # name args...
+  local name=$1; shift
+  "$bin" "$@" > "$tmp/$name.out" 2>/dev/null &
+  pids+=($!)
+  for _ in $(seq 100); do [ -s "$tmp/$name.out" ] && break; sleep 0.1; done
+}
+url() { head -1 "$tmp/$1.out" | awk '{print $NF}'; }
+
+bench() { # label url script
+  local rps
+  rps=$(wrk -t2 -c"$conns" -d"${secs}s" -s "benches/ingest/$3" "$2" | awk '/Requests\/sec/ {print $2}')
+  echo "$1 $rps"
+}
+
+cat > "$tmp/gw.toml" <<TOML
+[storage]
+fsync = "${FSYNC:-batch}"
+[topics.bench]
+sink = { type = "file", path = "$tmp/out.jsonl" }
+max_backlog_events = 100000000
+max_backlog_bytes = "64GiB"
+# Delivery held to a trickle, so the figure is ingest alone (durable accept), not ingest plus
+# delivery competing for the same two cores.
+rate_limit = { per_second = 1 }
+TOML
+start bare bare
+b=$(bench bare "$(url bare)/v1/topics/bench/events" post-event.lua)
+kill "${pids[0]}"
+start gw serve --config "$tmp/gw.toml" --listen 127.0.0.1:0 --data-dir "$tmp/data"
+gw=$(url gw)
+g=$(bench gateway "$gw/v1/topics/bench/events" post-event.lua)
+n=$(bench gateway-ndjson100 "$gw/v1/topics/bench/events" post-batch.lua)
+echo "$b"; echo "$g"; echo "$n"
+awk -v b="${b#* }" -v g="${g#* }" -v n="${n#* }" 'BEGIN {
+  printf "single-event ingest: %.2fx the bare handler (%s vs %s req/s)\n", g / b, g, b
+  printf "NDJSON batches of 100: %.0f events/s (%.2fx the bare handler'"'"'s requests/s)\n", n * 100, n * 100 / b
+}'

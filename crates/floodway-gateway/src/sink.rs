@@ -57,7 +57,9 @@ impl Sink {
                     .map_err(std::io::Error::other)?,
                 url: url.clone(),
             },
-            SinkConfig::File { path } => Sink::File(std::sync::Mutex::new(open_append(path).await?)),
+            SinkConfig::File { path } => {
+                Sink::File(std::sync::Mutex::new(open_append(path).await?))
+            }
             SinkConfig::Stdout => Sink::Stdout,
         })
     }
@@ -69,7 +71,11 @@ impl Sink {
             // One short append to the page cache: written in place, since a hop to tokio's
             // blocking pool per event costs more than the write (the file is opened O_APPEND,
             // unbuffered, so each line is one write call).
-            Sink::File(file) => write_line(&mut *file.lock().unwrap_or_else(|p| p.into_inner()), topic, e),
+            Sink::File(file) => write_line(
+                &mut *file.lock().unwrap_or_else(|p| p.into_inner()),
+                topic,
+                e,
+            ),
             Sink::Stdout => write_line(&mut std::io::stdout().lock(), topic, e),
         }
     }
@@ -79,7 +85,10 @@ async fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
-    std::fs::OpenOptions::new().create(true).append(true).open(path)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 async fn http(

@@ -561,10 +561,15 @@ impl Store for RedbStore {
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
         let topic = topic.to_owned();
         Box::pin(async move {
-            let ops = self.ops.as_ref().ok_or_else(|| StoreError("store closed".into()))?;
+            let ops = self
+                .ops
+                .as_ref()
+                .ok_or_else(|| StoreError("store closed".into()))?;
             // Nobody waits for the reply; a failed commit is logged by the writer.
             let (tx, _) = oneshot::channel();
-            ops.send(Op::Ack(topic, seqs, tx)).await.map_err(|_| StoreError("writer stopped".into()))
+            ops.send(Op::Ack(topic, seqs, tx))
+                .await
+                .map_err(|_| StoreError("writer stopped".into()))
         })
     }
 

@@ -116,6 +116,7 @@ pub struct Topic {
     rate: Option<RateLimiter>,
     appended: Notify,
     pool: Mutex<Option<ElasticPool>>,
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 fn quota(r: Rate) -> Quota {
@@ -183,6 +184,7 @@ impl Topic {
             limiter,
             appended: Notify::new(),
             pool: Mutex::new(None),
+            stopping: tokio::sync::watch::channel(false).0,
             config,
         }
     }
@@ -406,6 +408,9 @@ impl Topic {
 
     /// Stops the workers, letting each finish the delivery it holds, within `grace`.
     pub async fn stop(&self, grace: Duration) {
+        // Deliveries waiting (for the rate limit, a permit, or a retry) give up at once; their
+        // events stay stored and are delivered after the next start.
+        self.stopping.send_replace(true);
         let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(pool) = pool {
             if tokio::time::timeout(grace, pool.shutdown()).await.is_err() {
@@ -474,10 +479,17 @@ impl Topic {
                 }
             }
             if let Some(rate) = &self.rate {
-                rate.until_ready().await;
+                if self.unless_stopping(rate.until_ready()).await.is_none() {
+                    return;
+                }
             }
-            let Ok(permit) = self.limiter.acquire(e.event.priority).await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let Some(acquired) = self
+                .unless_stopping(self.limiter.acquire(e.event.priority))
+                .await
+            else {
+                return;
+            };
+            let Ok(permit) = acquired else {
                 continue;
             };
             attempt += 1;
@@ -512,9 +524,24 @@ impl Topic {
                         .backoff(attempt)
                         .max(after.unwrap_or_default())
                         .min(self.config.retry.max.0.max(after.unwrap_or_default()));
-                    tokio::time::sleep(wait).await;
+                    if self
+                        .unless_stopping(tokio::time::sleep(wait))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
                 }
             }
+        }
+    }
+
+    /// Runs `f` unless the topic is stopping first (`None`).
+    async fn unless_stopping<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            out = f => Some(out),
+            _ = stopping.wait_for(|s| *s) => None,
         }
     }
 

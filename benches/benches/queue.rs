@@ -122,6 +122,41 @@ async fn tokio_batched(producers: u64) {
     }
 }
 
+/// No contention and no wake-ups: fill then drain from one thread, to separate the data structure's
+/// cost from the cost of crossing cores.
+fn uncontended(c: &mut Criterion) {
+    let mut g = c.benchmark_group("queue_uncontended");
+    g.throughput(Throughput::Elements(CAPACITY as u64));
+    let q = Queue::builder()
+        .max_items(CAPACITY)
+        .overflow(Overflow::Reject)
+        .dead_letter(|_l: DeadLetter<u64>| unreachable!("nothing is dropped"))
+        .build()
+        .unwrap();
+    g.bench_function("floodway", |b| {
+        b.iter(|| {
+            for i in 0..CAPACITY as u64 {
+                q.try_push(i).unwrap();
+            }
+            for _ in 0..CAPACITY {
+                std::hint::black_box(q.try_pop().unwrap());
+            }
+        })
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(CAPACITY);
+    g.bench_function("tokio_mpsc", |b| {
+        b.iter(|| {
+            for i in 0..CAPACITY as u64 {
+                tx.try_send(i).unwrap();
+            }
+            for _ in 0..CAPACITY {
+                std::hint::black_box(rx.try_recv().unwrap());
+            }
+        })
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("queue");
@@ -147,5 +182,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, uncontended, bench);
 criterion_main!(benches);

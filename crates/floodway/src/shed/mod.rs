@@ -4,7 +4,9 @@
 //!   whole *interval*, the queue has a standing backlog that more buffering will not absorb. CoDel
 //!   then sheds one item, and sheds again at intervals that shrink with the square root of the number
 //!   of sheds, until the sojourn falls back under the target. Give a [`Queue`](crate::Queue) a CoDel
-//!   with [`QueueBuilder::codel`](crate::queue::QueueBuilder::codel).
+//!   with [`QueueBuilder::codel`](crate::queue::QueueBuilder::codel); the queue feeds it the age of
+//!   its *oldest* item at each dequeue (not the age of the item served: with strict priority the
+//!   items served can be fresh while a lower class piles up behind them).
 //! - **By priority**: a queue sheds from its lowest non-empty class first; the highest class is shed
 //!   only when nothing else is queued.
 //! - **By deadline**: an item whose deadline has passed is dead-lettered as

@@ -139,18 +139,12 @@ impl Gateway {
 
     /// Stops every topic's delivery within `grace`.
     pub async fn stop(&self, grace: Duration) {
-        let topics: Vec<_> = self
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for t in topics {
+        for t in self.all_topics() {
             t.stop(grace).await;
         }
     }
 
+    /// Every topic, by name.
     fn all_topics(&self) -> Vec<Arc<Topic>> {
         let mut v: Vec<_> = self
             .topics

@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod config;
+mod load;
 mod problem;
 mod server;
 mod sink;
@@ -47,6 +48,8 @@ enum Command {
     },
     /// Run a simulated downstream with a set capacity, for tests, benchmarks and demos.
     SinkSim(sinksim::Args),
+    /// Generate open-loop load against an ingest URL and report what happened.
+    Load(load::Args),
     /// Check a configuration file and explain every error with its location.
     CheckConfig {
         /// The file to check.
@@ -105,6 +108,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::SinkSim(args) => runtime()?.block_on(sinksim::run(args)),
         Command::Bare { listen } => runtime()?.block_on(bare(listen)),
+        Command::Load(args) => {
+            let report = runtime()?.block_on(load::run(args, false))?;
+            load::print_summary(&report);
+            Ok(())
+        }
     }
 }
 

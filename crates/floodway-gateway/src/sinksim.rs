@@ -56,8 +56,16 @@ pub struct Args {
 /// One step of a schedule: at `at`, the rate becomes `rate`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step {
-    at: Duration,
+    /// When, from the start.
+    pub at: Duration,
     rate: u32,
+}
+
+impl Step {
+    /// The rate from this step on.
+    pub fn rate_value(&self) -> u32 {
+        self.rate
+    }
 }
 
 /// Parses `"0s:rate=200,30s:rate=50"`.

@@ -4,7 +4,9 @@
 #![allow(unreachable_pub)]
 
 mod config;
+mod demo;
 mod load;
+mod pacer;
 mod problem;
 mod server;
 mod sink;
@@ -50,6 +52,9 @@ enum Command {
     SinkSim(sinksim::Args),
     /// Generate open-loop load against an ingest URL and report what happened.
     Load(load::Args),
+    /// The whole story in one command: gateway, a sink whose capacity changes, overload, and an
+    /// HTML report of plots.
+    Demo(demo::Args),
     /// Check a configuration file and explain every error with its location.
     CheckConfig {
         /// The file to check.
@@ -108,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::SinkSim(args) => runtime()?.block_on(sinksim::run(args)),
         Command::Bare { listen } => runtime()?.block_on(bare(listen)),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)).map(|_| ()),
         Command::Load(args) => {
             let report = runtime()?.block_on(load::run(args, false))?;
             load::print_summary(&report);

@@ -696,7 +696,7 @@ mod tests {
             assert_eq!(stored.len(), 2);
             // An ack completes once queued; the next awaited write commits after it.
             s.ack("t", vec![1]).await.unwrap();
-            let left = vec![stored[1].clone()];
+            let left = [stored[1].clone()];
             s.dead_letter(
                 "t",
                 DeadEvent {

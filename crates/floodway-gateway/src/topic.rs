@@ -18,7 +18,6 @@ use floodway::pressure::{DrainRate, RetryBounds};
 use floodway::queue::Meta;
 use floodway::{
     ConcurrencyLimiter, ElasticPool, KeyedRateLimiter, Level, Pressure, Priority, Queue, Quota,
-    RateLimiter,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -113,7 +112,8 @@ pub struct Topic {
     producers: Option<KeyedRateLimiter<String>>,
     /// The delivery concurrency limit.
     pub limiter: ConcurrencyLimiter,
-    rate: Option<RateLimiter>,
+    /// Adaptive delivery pacing.
+    pub pacer: crate::pacer::Pacer,
     appended: Notify,
     pool: Mutex<Option<ElasticPool>>,
     stopping: tokio::sync::watch::Sender<bool>,
@@ -157,7 +157,7 @@ impl Topic {
             producers: config
                 .producers
                 .map(|r| KeyedRateLimiter::new(quota(r), 100_000)),
-            rate: config.rate_limit.map(|r| RateLimiter::new(quota(r))),
+            pacer: crate::pacer::Pacer::new(config.rate_limit.map(|r| f64::from(r.per_second))),
             name,
             backlog_events: AtomicU64::new(backlog_events),
             backlog_bytes: AtomicU64::new(backlog_bytes),
@@ -371,6 +371,7 @@ impl Topic {
             "dead_letters": self.dead_letters.load(Ordering::Acquire),
             "dead_lettered": *self.dead_by_reason.lock().unwrap_or_else(|e| e.into_inner()),
             "concurrency_limit": limiter.limit,
+            "delivery_rate_limit": self.pacer.rate(),
             "in_flight": limiter.in_flight,
             "workers": pool.map_or(0, |p| p.workers),
             "desired_workers": pool.map_or(0, |p| p.desired),
@@ -478,10 +479,8 @@ impl Topic {
                         .await;
                 }
             }
-            if let Some(rate) = &self.rate {
-                if self.unless_stopping(rate.until_ready()).await.is_none() {
-                    return;
-                }
+            if self.unless_stopping(self.pacer.ready()).await.is_none() {
+                return;
             }
             let Some(acquired) = self
                 .unless_stopping(self.limiter.acquire(e.event.priority))
@@ -496,6 +495,7 @@ impl Topic {
             match sink.deliver(&self.name, &e, attempt).await {
                 Attempt::Delivered => {
                     permit.success();
+                    self.pacer.record(true);
                     // An ack that never reaches the disk (crash, store failure) only means the event
                     // is delivered again after a restart: at least once, never lost.
                     if let Err(err) = store.ack(&self.name, vec![e.seq]).await {
@@ -513,6 +513,7 @@ impl Topic {
                 }
                 Attempt::Retry { after, error } => {
                     permit.dropped();
+                    self.pacer.record(false);
                     tracing::debug!(topic = %self.name, seq = e.seq, attempt, %error, "delivery failed");
                     if attempt >= self.config.retry.max_attempts {
                         return self

@@ -1,0 +1,146 @@
+//! Delivery pacing: an adaptive rate limit in front of a sink.
+//!
+//! A concurrency limit cannot pace a sink whose capacity is a *rate* and whose answers are fast: one
+//! request in flight at a 2 ms round trip is already 500 requests per second. So deliveries also
+//! pass a GCRA rate limit whose rate adapts, AIMD style, once per window: a window in which the sink
+//! refused anything sets the rate just below what the sink accepted in that window; a clean window
+//! in which the pacer was the bottleneck raises it by 5% (at least one event per second), up to the
+//! configured `rate_limit` if there is one.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use floodway::{Quota, RateLimiter};
+use tokio::time::Instant;
+
+const WINDOW: Duration = Duration::from_millis(250);
+/// The rate used when none is configured: high enough to never be the bottleneck by default.
+const UNLIMITED: f64 = 100_000.0;
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    accepted: u64,
+    refused: u64,
+    /// Deliveries that had to wait for the pacer in this window.
+    waited: u64,
+}
+
+/// The pacer of one topic.
+#[derive(Debug)]
+pub struct Pacer {
+    limiter: RateLimiter,
+    max: f64,
+    state: Mutex<(f64, Window)>,
+}
+
+fn quota(rate: f64) -> Quota {
+    let r = rate.clamp(1.0, 1e9);
+    let interval = Duration::from_secs_f64(1.0 / r);
+    // A burst of a twentieth of a second: smooth enough for a rate-limited sink.
+    let burst = NonZeroU32::new(((r / 20.0) as u32).max(1)).expect("at least 1");
+    Quota::with_interval(interval)
+        .expect("positive interval")
+        .allow_burst(burst)
+}
+
+impl Pacer {
+    /// A pacer that never exceeds `max` per second (none: effectively unlimited).
+    pub fn new(max: Option<f64>) -> Pacer {
+        let max = max.unwrap_or(UNLIMITED);
+        Pacer {
+            limiter: RateLimiter::new(quota(max)),
+            max,
+            state: Mutex::new((
+                max,
+                Window {
+                    start: Instant::now(),
+                    accepted: 0,
+                    refused: 0,
+                    waited: 0,
+                },
+            )),
+        }
+    }
+
+    /// The current rate.
+    pub fn rate(&self) -> f64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Waits for the next delivery slot.
+    pub async fn ready(&self) {
+        if self.limiter.check().is_err() {
+            self.state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .waited += 1;
+            self.limiter.until_ready().await;
+        }
+    }
+
+    /// Records how a delivery went: `true` if the sink took it, `false` if it refused for load.
+    pub fn record(&self, accepted: bool) {
+        let now = Instant::now();
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (rate, w) = &mut *g;
+        if accepted {
+            w.accepted += 1;
+        } else {
+            w.refused += 1;
+        }
+        let elapsed = now.saturating_duration_since(w.start);
+        if elapsed < WINDOW {
+            return;
+        }
+        let accepted_rate = w.accepted as f64 / elapsed.as_secs_f64();
+        let next = if w.refused > 0 {
+            (accepted_rate * 0.95).min(*rate).max(1.0)
+        } else if w.waited > 0 {
+            (*rate * 1.05).max(*rate + 1.0).min(self.max)
+        } else {
+            *rate
+        };
+        if (next - *rate).abs() > f64::EPSILON {
+            *rate = next;
+            self.limiter.set_quota(quota(next));
+        }
+        *w = Window {
+            start: now,
+            accepted: 0,
+            refused: 0,
+            waited: 0,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_cut_to_the_accepted_rate_and_clean_windows_grow() {
+        let p = Pacer::new(Some(1000.0));
+        // 250 ms in which the sink took 25 and refused some: 100/s accepted -> 95/s.
+        for _ in 0..25 {
+            p.record(true);
+        }
+        tokio::time::advance(WINDOW).await;
+        p.record(false);
+        assert!((p.rate() - 95.0 * 26.0 / 25.0).abs() < 5.0, "{}", p.rate());
+        let cut = p.rate();
+        // A clean window in which deliveries waited for the pacer: +5%.
+        for _ in 0..200 {
+            p.ready().await;
+        }
+        tokio::time::advance(WINDOW).await;
+        p.record(true);
+        assert!(
+            p.rate() > cut && p.rate() <= cut * 1.06 + 1.0,
+            "{} vs {cut}",
+            p.rate()
+        );
+    }
+}

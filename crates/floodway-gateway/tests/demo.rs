@@ -1,0 +1,51 @@
+//! A short `floodway demo` run: it must finish, lose nothing, and write its report with its plots.
+
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_demo_writes_its_report_with_every_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_floodway"))
+        .args([
+            "demo",
+            "--duration",
+            "4s",
+            "--capacity",
+            "100",
+            "--report",
+            report.to_str().unwrap(),
+        ])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(150), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("acknowledged but not delivered: 0"),
+        "{stdout}"
+    );
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    for title in [
+        "Offered vs accepted vs delivered",
+        "Backlog",
+        "Pressure level",
+        "Delivery concurrency limit and workers",
+        "Refusals by status",
+        "Accepted ingest latency",
+    ] {
+        assert!(html.contains(title), "the report lacks the plot {title:?}");
+    }
+    assert_eq!(html.matches("<svg").count(), 6);
+    assert!(
+        html.matches("<polyline").count() >= 6,
+        "every plot has data"
+    );
+    assert!(report.join("rates.svg").exists());
+}

@@ -265,6 +265,15 @@ fn line_chart(title: &str, y_label: &str, series: &[Series]) -> String {
             yy = y(v)
         );
     }
+    for i in 0..=5 {
+        let v = x_max * f64::from(i) / 5.0;
+        let _ = write!(
+            svg,
+            r##"<text x="{:.1}" y="{}" text-anchor="middle">{v:.0}</text>"##,
+            x(v),
+            h - bottom + 14.0
+        );
+    }
     let _ = write!(
         svg,
         r##"<text x="{:.1}" y="{}" text-anchor="middle">seconds</text><text x="12" y="{:.1}" transform="rotate(-90 12 {:.1})" text-anchor="middle">{y_label}</text>"##,

@@ -191,13 +191,11 @@ pub async fn run(args: Args) -> anyhow::Result<PathBuf> {
     let report = load::run(load_args, true).await?;
     // Let the backlog drain (bounded), so "acknowledged but never delivered" is a real count.
     let drain_deadline = Instant::now() + Duration::from_secs(120);
-    let mut drained = 0.0;
     while Instant::now() < drain_deadline {
         let sinks = get(&client, &format!("{}/stats", sink.url))
             .await
             .unwrap_or_default();
-        drained = sinks["distinct"].as_f64().unwrap_or(0.0);
-        if drained >= report.accepted as f64 {
+        if sinks["distinct"].as_u64().unwrap_or(0) >= report.accepted {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -219,7 +217,6 @@ pub async fn run(args: Args) -> anyhow::Result<PathBuf> {
     );
     println!("acknowledged but not delivered: {undelivered}");
     println!("dead letters: {}", topic["dead_letters"]);
-    let _ = drained;
     std::fs::create_dir_all(&args.report)?;
     let charts = charts(&report, &samples);
     for (name, svg) in &charts {

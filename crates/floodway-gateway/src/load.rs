@@ -140,11 +140,10 @@ pub struct Report {
     pub seconds: Vec<Second>,
 }
 
-#[derive(Default)]
 struct Tally {
     report: Report,
-    accepted_h: Option<Histogram<u64>>,
-    refused_h: Option<Histogram<u64>>,
+    accepted_h: Histogram<u64>,
+    refused_h: Histogram<u64>,
     per_second_h: BTreeMap<u64, Histogram<u64>>,
 }
 
@@ -221,9 +220,10 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let tally = Arc::new(Mutex::new(Tally {
-        accepted_h: Some(histogram()),
-        refused_h: Some(histogram()),
-        ..Tally::default()
+        report: Report::default(),
+        accepted_h: histogram(),
+        refused_h: histogram(),
+        per_second_h: BTreeMap::new(),
     }));
     tally.lock().unwrap_or_else(|e| e.into_inner()).report.batch = args.batch.max(1);
     let slots = Arc::new(Semaphore::new(args.connections.max(1)));
@@ -239,7 +239,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
             .iter()
             .rev()
             .find(|s| s.at.as_secs_f64() <= t)
-            .map_or(args.rate, |s| f64::from(s.rate_value()))
+            .map_or(args.rate, |s| f64::from(s.rate))
     };
     let progress = {
         let tally = tally.clone();
@@ -380,7 +380,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
                         Ok((status, _)) if (200..300).contains(&status) => {
                             g.report.accepted += 1;
                             g.second(second).accepted += 1;
-                            let _ = g.accepted_h.as_mut().expect("set").record(latency);
+                            let _ = g.accepted_h.record(latency);
                             let _ = g
                                 .per_second_h
                                 .entry(second)
@@ -391,7 +391,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
                         Ok((status, retry_after)) => {
                             *g.report.refused.entry(status).or_default() += 1;
                             *g.second(second).refused.entry(status).or_default() += 1;
-                            let _ = g.refused_h.as_mut().expect("set").record(latency);
+                            let _ = g.refused_h.record(latency);
                             retry_after.filter(|_| honour && (status == 429 || status == 503))
                         }
                         Err(_) => {
@@ -431,8 +431,8 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
         for (t, p99) in per {
             g.second(t).accepted_p99_ms = p99;
         }
-        g.report.accepted_latency = percentiles(g.accepted_h.as_ref().expect("set"));
-        g.report.refused_latency = percentiles(g.refused_h.as_ref().expect("set"));
+        g.report.accepted_latency = percentiles(&g.accepted_h);
+        g.report.refused_latency = percentiles(&g.refused_h);
         g.report.clone()
     };
     if let Some(path) = &args.out {

@@ -58,14 +58,8 @@ pub struct Args {
 pub struct Step {
     /// When, from the start.
     pub at: Duration,
-    rate: u32,
-}
-
-impl Step {
-    /// The rate from this step on.
-    pub fn rate_value(&self) -> u32 {
-        self.rate
-    }
+    /// The rate from then on.
+    pub rate: u32,
 }
 
 /// Parses `"0s:rate=200,30s:rate=50"`.

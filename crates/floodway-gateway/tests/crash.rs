@@ -13,7 +13,7 @@ use common::{gateway, sink, sink_ids, wait_for};
 async fn kill_9_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     // A slow sink, so a backlog is stored when the gateway dies.
-    let sink = sink(&["--rate", "300"]);
+    let sink = sink(&["--rate", "100"]);
     let config = format!(
         "[storage]\nfsync = \"batch\"\n[topics.orders]\nsink = {{ type = \"http\", url = \"{}/in\" }}\n",
         sink.url

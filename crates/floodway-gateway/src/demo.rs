@@ -216,6 +216,10 @@ pub async fn run(args: Args) -> anyhow::Result<PathBuf> {
         sinks["distinct"], sinks["duplicates"]
     );
     println!("acknowledged but not delivered: {undelivered}");
+    println!(
+        "accept-to-delivery latency: p50 {} ms, p99 {} ms",
+        sinks["end_to_end_ms"]["p50"], sinks["end_to_end_ms"]["p99"]
+    );
     println!("dead letters: {}", topic["dead_letters"]);
     std::fs::create_dir_all(&args.report)?;
     let charts = charts(&report, &samples);

@@ -104,6 +104,7 @@ async fn http(
         .header("Floodway-Event-Id", e.seq.to_string())
         .header("Floodway-Topic", topic)
         .header("Floodway-Attempt", attempt.to_string())
+        .header("Floodway-Accepted-At", e.event.accepted_ms.to_string())
         .body(e.event.body.clone());
     if let Some(key) = &e.event.idempotency_key {
         req = req.header("Idempotency-Key", key);

@@ -1,7 +1,8 @@
 //! `floodway sink-sim`: a downstream with a set capacity. It answers `503` + `Retry-After` beyond
 //! its rate or concurrency (or makes the caller wait, with `--mode queue`), can inject latency and
 //! errors, follows a capacity schedule, and counts the distinct event ids it received and the
-//! duplicates, readable at `GET /stats`.
+//! duplicates, readable at `GET /stats` with the accept-to-delivery latency of first deliveries
+//! (from the gateway's `Floodway-Accepted-At` header).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -82,7 +83,6 @@ pub fn parse_schedule(s: &str) -> Result<Vec<Step>, String> {
     Ok(steps)
 }
 
-#[derive(Default)]
 struct Counts {
     requests: u64,
     delivered: u64,
@@ -90,6 +90,23 @@ struct Counts {
     errors: u64,
     duplicates: u64,
     seen: BTreeMap<String, HashSet<String>>,
+    /// Accept-to-delivery time of first deliveries, in ms (from `Floodway-Accepted-At`).
+    end_to_end: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            requests: 0,
+            delivered: 0,
+            rejected: 0,
+            errors: 0,
+            duplicates: 0,
+            seen: BTreeMap::new(),
+            end_to_end: hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3)
+                .expect("valid bounds"),
+        }
+    }
 }
 
 struct Sim {
@@ -212,6 +229,10 @@ async fn receive(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
     c.delivered += 1;
     if !id.is_empty() && !c.seen.entry(topic).or_default().insert(id) {
         c.duplicates += 1;
+    } else if let Ok(accepted) = text("floodway-accepted-at").parse::<u64>() {
+        let _ = c
+            .end_to_end
+            .record(crate::store::now_ms().saturating_sub(accepted).max(1));
     }
     StatusCode::OK.into_response()
 }
@@ -231,6 +252,12 @@ async fn stats(State(sim): State<Arc<Sim>>, Query(q): Query<StatsQuery>) -> Resp
         "errors": c.errors,
         "distinct": distinct,
         "duplicates": c.duplicates,
+        "end_to_end_ms": {
+            "count": c.end_to_end.len(),
+            "p50": c.end_to_end.value_at_quantile(0.5),
+            "p99": c.end_to_end.value_at_quantile(0.99),
+            "max": c.end_to_end.max(),
+        },
         "rate": *sim.current.lock().unwrap_or_else(|e| e.into_inner()),
     });
     if q.ids.unwrap_or(false) {

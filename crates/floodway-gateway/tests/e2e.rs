@@ -297,3 +297,31 @@ async fn an_expired_event_is_dead_lettered_and_replay_delivers_it() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_sees_how_long_delivery_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(&["--rate", "1000"]);
+    let gw = gateway(dir.path(), &topic_config(&sink.url, ""));
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        let r = post_json(
+            &client,
+            &format!("{}/v1/topics/orders/events", gw.url),
+            &format!("{{\"i\":{i}}}"),
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+    }
+    wait_for(Duration::from_secs(20), "five deliveries", || async {
+        get_json(&format!("{}/stats", sink.url)).await["end_to_end_ms"]["count"] == 5
+    })
+    .await;
+    let p99 = get_json(&format!("{}/stats", sink.url)).await["end_to_end_ms"]["p99"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (1..10_000).contains(&p99),
+        "accept-to-delivery p99 {p99} ms"
+    );
+}

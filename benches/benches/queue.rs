@@ -56,6 +56,26 @@ async fn tokio_run(producers: u64) {
     }
 }
 
+/// tokio's channel carrying what floodway measures: each item stamped when sent, its sojourn
+/// computed when received. The baseline for equal functionality.
+async fn tokio_timestamped_run(producers: u64) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, u64)>(CAPACITY);
+    let per = ITEMS / producers;
+    for _ in 0..producers {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for i in 0..per {
+                tx.send((tokio::time::Instant::now(), i)).await.unwrap();
+            }
+        });
+    }
+    drop(tx);
+    for _ in 0..per * producers {
+        let (sent, item) = rx.recv().await.unwrap();
+        std::hint::black_box((sent.elapsed(), item));
+    }
+}
+
 async fn flume_run(producers: u64) {
     let (tx, rx) = flume::bounded::<u64>(CAPACITY);
     let per = ITEMS / producers;
@@ -168,6 +188,9 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new("tokio_mpsc", name), |b| {
             b.iter(|| rt.block_on(tokio_run(producers)))
+        });
+        g.bench_function(BenchmarkId::new("tokio_mpsc_timestamped", name), |b| {
+            b.iter(|| rt.block_on(tokio_timestamped_run(producers)))
         });
         g.bench_function(BenchmarkId::new("flume", name), |b| {
             b.iter(|| rt.block_on(flume_run(producers)))

@@ -169,6 +169,9 @@ pub struct Concurrency {
 fn one() -> usize {
     1
 }
+fn four() -> usize {
+    4
+}
 fn sixty_four() -> usize {
     64
 }
@@ -187,8 +190,8 @@ impl Default for Concurrency {
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workers {
-    /// Default 1.
-    #[serde(default = "one")]
+    /// Default 4: enough to find a sink's pace quickly at start.
+    #[serde(default = "four")]
     pub min: usize,
     /// Default 64.
     #[serde(default = "sixty_four")]
@@ -197,7 +200,7 @@ pub struct Workers {
 
 impl Default for Workers {
     fn default() -> Self {
-        Workers { min: 1, max: 64 }
+        Workers { min: 4, max: 64 }
     }
 }
 
@@ -269,6 +272,25 @@ impl Default for TopicConfig {
     }
 }
 
+/// How the gateway handles overload. Only `floodway` is meant for use; the others exist so
+/// `floodway bench` can show, side by side, what the naive designs do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Durable bounded backlog, watermarks with `429`/`503` + `Retry-After`, adaptive delivery.
+    #[default]
+    Floodway,
+    /// Durable bounded backlog and its signals, but static delivery limits: `concurrency.max`
+    /// permits, delivery rate fixed at `rate_limit` (or unlimited), no adaptation.
+    Fixed,
+    /// Accept everything into an unbounded in-memory queue, always `202`: memory and latency grow
+    /// without limit, and a crash loses everything.
+    Unbounded,
+    /// A bounded in-memory queue that drops the newest event when full and still answers `202`:
+    /// no signal upstream, silent loss.
+    Drop,
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,6 +304,9 @@ pub struct Config {
     /// Storage settings.
     #[serde(default)]
     pub storage: Storage,
+    /// Overload strategy (default `floodway`; the others are for comparisons).
+    #[serde(default)]
+    pub strategy: Strategy,
     /// Declared topics. When there are none, topics are created on first use.
     #[serde(default)]
     pub topics: BTreeMap<String, TopicConfig>,
@@ -300,6 +325,7 @@ impl Default for Config {
             listen: default_listen(),
             data_dir: default_data_dir(),
             storage: Storage::default(),
+            strategy: Strategy::default(),
             topics: BTreeMap::new(),
         }
     }

@@ -33,12 +33,16 @@ pub struct Args {
 }
 
 /// A child process of this binary, killed when dropped.
-struct Proc {
+pub(crate) struct Proc {
     _child: Child,
-    url: String,
+    /// Its base URL, from its first line of output.
+    pub(crate) url: String,
+    /// Its process id.
+    pub(crate) pid: Option<u32>,
 }
 
-async fn spawn(args: &[String]) -> anyhow::Result<Proc> {
+/// Starts this binary with `args` and waits for its first stdout line: its address.
+pub(crate) async fn spawn(args: &[String]) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(args)
@@ -59,7 +63,12 @@ async fn spawn(args: &[String]) -> anyhow::Result<Proc> {
         .last()
         .unwrap_or_default()
         .to_owned();
-    Ok(Proc { _child: child, url })
+    let pid = child.id();
+    Ok(Proc {
+        _child: child,
+        url,
+        pid,
+    })
 }
 
 /// One sample per second of what the gateway and the sink report.
@@ -74,7 +83,8 @@ struct Sample {
     sink_capacity: f64,
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
+/// GETs `url` as JSON, `None` on any failure.
+pub(crate) async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
     let bytes = client.get(url).send().await.ok()?.bytes().await.ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -104,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<PathBuf> {
     std::fs::write(
         &config,
         format!(
-            "[topics.demo]\nsink = {{ type = \"http\", url = \"{}/in\", timeout = \"5s\" }}\nmax_backlog_events = {}\nretry = {{ max_attempts = 100, base = \"50ms\", max = \"2s\" }}\nconcurrency = {{ algorithm = \"vegas\", min = 1, max = 64 }}\nworkers = {{ min = 1, max = 64 }}\n",
+            "[topics.demo]\nsink = {{ type = \"http\", url = \"{}/in\", timeout = \"5s\" }}\nmax_backlog_events = {}\nretry = {{ max_attempts = 100, base = \"50ms\", max = \"2s\" }}\nconcurrency = {{ algorithm = \"vegas\", min = 1, max = 64 }}\nworkers = {{ min = 4, max = 64 }}\n",
             sink.url,
             cap * 5
         ),
@@ -233,8 +243,11 @@ pub async fn run(args: Args) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("floodway-demo-{}", std::process::id()));
+/// A fresh directory under the system temp dir.
+pub(crate) fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("floodway-run-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

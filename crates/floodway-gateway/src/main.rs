@@ -3,6 +3,7 @@
 // A binary has no public API: `pub` here marks what modules share with each other.
 #![allow(unreachable_pub)]
 
+mod bench;
 mod config;
 mod demo;
 mod load;
@@ -52,6 +53,8 @@ enum Command {
     SinkSim(sinksim::Args),
     /// Generate open-loop load against an ingest URL and report what happened.
     Load(load::Args),
+    /// Run a scenario against several gateway strategies and write one report comparing them.
+    Bench(bench::Args),
     /// The whole story in one command: gateway, a sink whose capacity changes, overload, and an
     /// HTML report of plots.
     Demo(demo::Args),
@@ -113,6 +116,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::SinkSim(args) => runtime()?.block_on(sinksim::run(args)),
         Command::Bare { listen } => runtime()?.block_on(bare(listen)),
+        Command::Bench(args) => {
+            let check = args.check;
+            let met = runtime()?.block_on(bench::run(args))?;
+            if check && !met {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Demo(args) => runtime()?.block_on(demo::run(args)).map(|_| ()),
         Command::Load(args) => {
             let report = runtime()?.block_on(load::run(args, false))?;
@@ -131,10 +142,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let store =
-        store::RedbStore::open(&config.data_dir.join("floodway.redb"), config.storage.fsync)
-            .context("cannot open the store")?;
-    let store: Arc<dyn store::Store> = Arc::new(store);
+    let store: Arc<dyn store::Store> = match config.strategy {
+        config::Strategy::Unbounded | config::Strategy::Drop => {
+            tracing::warn!(strategy = ?config.strategy, "comparison strategy: events are kept in memory only");
+            Arc::new(store::MemoryStore::default())
+        }
+        config::Strategy::Floodway | config::Strategy::Fixed => Arc::new(
+            store::RedbStore::open(&config.data_dir.join("floodway.redb"), config.storage.fsync)
+                .context("cannot open the store")?,
+        ),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -4,7 +4,7 @@
 //! request in flight at a 2 ms round trip is already 500 requests per second. So deliveries also
 //! pass a GCRA rate limit whose rate adapts, AIMD style, once per window: a window in which the sink
 //! refused anything sets the rate just below what the sink accepted in that window; a clean window
-//! in which the pacer was the bottleneck raises it by 5% (at least one event per second), up to the
+//! in which the pacer was the bottleneck raises it by 10% (at least one event per second), up to the
 //! configured `rate_limit` if there is one.
 
 use std::num::NonZeroU32;
@@ -32,6 +32,7 @@ struct Window {
 pub struct Pacer {
     limiter: RateLimiter,
     max: f64,
+    adaptive: bool,
     state: Mutex<(f64, Window)>,
 }
 
@@ -48,10 +49,20 @@ fn quota(rate: f64) -> Quota {
 impl Pacer {
     /// A pacer that never exceeds `max` per second (none: effectively unlimited).
     pub fn new(max: Option<f64>) -> Pacer {
+        Self::build(max, true)
+    }
+
+    /// A pacer that stays at `max` (none: unlimited) whatever the sink says.
+    pub fn fixed(max: Option<f64>) -> Pacer {
+        Self::build(max, false)
+    }
+
+    fn build(max: Option<f64>, adaptive: bool) -> Pacer {
         let max = max.unwrap_or(UNLIMITED);
         Pacer {
             limiter: RateLimiter::new(quota(max)),
             max,
+            adaptive,
             state: Mutex::new((
                 max,
                 Window {
@@ -83,6 +94,9 @@ impl Pacer {
 
     /// Records how a delivery went: `true` if the sink took it, `false` if it refused for load.
     pub fn record(&self, accepted: bool) {
+        if !self.adaptive {
+            return;
+        }
         let now = Instant::now();
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (rate, w) = &mut *g;
@@ -99,7 +113,7 @@ impl Pacer {
         let next = if w.refused > 0 {
             (accepted_rate * 0.95).min(*rate).max(1.0)
         } else if w.waited > 0 {
-            (*rate * 1.05).max(*rate + 1.0).min(self.max)
+            (*rate * 1.1).max(*rate + 1.0).min(self.max)
         } else {
             *rate
         };
@@ -129,16 +143,16 @@ mod tests {
         }
         tokio::time::advance(WINDOW).await;
         p.record(false);
-        assert!((p.rate() - 95.0 * 26.0 / 25.0).abs() < 5.0, "{}", p.rate());
+        assert!((p.rate() - 95.0).abs() < 0.5, "{}", p.rate());
         let cut = p.rate();
-        // A clean window in which deliveries waited for the pacer: +5%.
+        // A clean window in which deliveries waited for the pacer: +10%.
         for _ in 0..200 {
             p.ready().await;
         }
         tokio::time::advance(WINDOW).await;
         p.record(true);
         assert!(
-            p.rate() > cut && p.rate() <= cut * 1.06 + 1.0,
+            (p.rate() - cut * 1.1).abs() < 0.5,
             "{} vs {cut}",
             p.rate()
         );

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::config::{Config, SinkConfig, TopicConfig, valid_topic_name};
+use crate::config::{Config, SinkConfig, Strategy, TopicConfig, valid_topic_name};
 use crate::problem::Problem;
 use crate::sink::Sink;
 use crate::store::{NewEvent, Store, now_ms};
@@ -87,7 +87,14 @@ impl Gateway {
     ) -> anyhow::Result<Arc<Topic>> {
         let config = self.topic_config(name);
         let sink = Arc::new(Sink::open(config.sink.as_ref().expect("set above")).await?);
-        let topic = Arc::new(Topic::new(name.to_owned(), config, events, bytes, dead));
+        let topic = Arc::new(Topic::new(
+            name.to_owned(),
+            config,
+            self.config.strategy,
+            events,
+            bytes,
+            dead,
+        ));
         topic.start(self.store.clone(), sink);
         self.topics
             .write()
@@ -388,7 +395,21 @@ async fn accept(
         } => Problem::unavailable(detail, retry_after),
     };
     let allowed = topic.check_quota(&producer, n as u32).map_err(refused)?;
-    let reservation = topic.reserve(n, total, priority).map_err(refused)?;
+    let reservation = match topic.reserve(n, total, priority) {
+        Ok(r) => r,
+        Err(_) if topic.strategy == Strategy::Drop => {
+            // The comparison strategy that drops silently: a 202 for events it threw away.
+            topic.count_refusal("dropped");
+            let mut resp = (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "accepted": n, "ids": [] })),
+            )
+                .into_response();
+            resp.headers_mut().extend(signal_headers(topic, None));
+            return Ok(resp);
+        }
+        Err(r) => return Err(refused(r)),
+    };
     if !gw.store.healthy() {
         topic.count_refusal("store");
         return Err(Problem::unavailable(

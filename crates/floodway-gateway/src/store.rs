@@ -731,3 +731,110 @@ mod tests {
         assert_eq!(s.recover().unwrap()["t"].backlog_events, 1);
     }
 }
+
+/// An in-memory store with no durability and no bound of its own: only for the `unbounded` and
+/// `drop` comparison strategies of `floodway bench`, which show what happens without a durable,
+/// bounded buffer. Never the default.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    topics: std::sync::Mutex<HashMap<String, MemoryTopic>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryTopic {
+    next: u64,
+    events: std::collections::BTreeMap<u64, NewEvent>,
+    dead: std::collections::BTreeMap<u64, DeadEvent>,
+}
+
+impl MemoryStore {
+    fn with<T>(&self, topic: &str, f: impl FnOnce(&mut MemoryTopic) -> T) -> T {
+        let mut g = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        f(g.entry(topic.to_owned()).or_default())
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(
+        &self,
+        topic: &str,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
+        let out = self.with(topic, |t| {
+            events
+                .into_iter()
+                .map(|e| {
+                    t.next += 1;
+                    t.events.insert(t.next, e);
+                    Appended {
+                        seq: t.next,
+                        duplicate: false,
+                    }
+                })
+                .collect()
+        });
+        Box::pin(std::future::ready(Ok(out)))
+    }
+
+    fn read_from(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        Ok(self.with(topic, |t| {
+            t.events
+                .range(from..)
+                .take(max)
+                .map(|(seq, e)| StoredEvent {
+                    seq: *seq,
+                    event: e.clone(),
+                })
+                .collect()
+        }))
+    }
+
+    fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with(topic, |t| {
+            seqs.iter().for_each(|s| drop(t.events.remove(s)))
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn dead_letter(&self, topic: &str, dead: DeadEvent) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with(topic, |t| {
+            t.events.remove(&dead.stored.seq);
+            t.dead.insert(dead.stored.seq, dead);
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn dead_letters(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError> {
+        Ok(self.with(topic, |t| t.dead.values().take(max).cloned().collect()))
+    }
+
+    fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+        let out = self.with(topic, |t| {
+            let dead = std::mem::take(&mut t.dead);
+            dead.into_values()
+                .map(|d| {
+                    t.next += 1;
+                    t.events.insert(t.next, d.stored.event.clone());
+                    StoredEvent {
+                        seq: t.next,
+                        event: d.stored.event,
+                    }
+                })
+                .collect()
+        });
+        Box::pin(std::future::ready(Ok(out)))
+    }
+
+    fn recover(&self) -> Result<HashMap<String, TopicState>, StoreError> {
+        Ok(HashMap::new())
+    }
+
+    fn healthy(&self) -> bool {
+        true
+    }
+}

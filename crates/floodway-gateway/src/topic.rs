@@ -22,7 +22,7 @@ use floodway::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::{Algorithm, Rate, TopicConfig};
+use crate::config::{Algorithm, Rate, Strategy, TopicConfig};
 use crate::sink::{Attempt, Sink};
 use crate::store::{DeadEvent, Store, StoredEvent, now_ms};
 
@@ -117,6 +117,8 @@ pub struct Topic {
     appended: Notify,
     pool: Mutex<Option<ElasticPool>>,
     stopping: tokio::sync::watch::Sender<bool>,
+    /// How overload is handled.
+    pub strategy: Strategy,
 }
 
 fn quota(r: Rate) -> Quota {
@@ -130,12 +132,18 @@ impl Topic {
     pub fn new(
         name: String,
         config: TopicConfig,
+        strategy: Strategy,
         backlog_events: u64,
         backlog_bytes: u64,
         dead: u64,
     ) -> Topic {
         let c = config.concurrency;
-        let builder = match c.algorithm {
+        let algorithm = if strategy == Strategy::Floodway {
+            c.algorithm
+        } else {
+            Algorithm::Fixed
+        };
+        let builder = match algorithm {
             Algorithm::Aimd => ConcurrencyLimiter::builder(
                 Aimd::new(c.min, c.max).initial(c.min.max(4).min(c.max)),
             ),
@@ -157,7 +165,15 @@ impl Topic {
             producers: config
                 .producers
                 .map(|r| KeyedRateLimiter::new(quota(r), 100_000)),
-            pacer: crate::pacer::Pacer::new(config.rate_limit.map(|r| f64::from(r.per_second))),
+            pacer: {
+                let max = config.rate_limit.map(|r| f64::from(r.per_second));
+                if strategy == Strategy::Floodway {
+                    crate::pacer::Pacer::new(max)
+                } else {
+                    crate::pacer::Pacer::fixed(max)
+                }
+            },
+            strategy,
             name,
             backlog_events: AtomicU64::new(backlog_events),
             backlog_bytes: AtomicU64::new(backlog_bytes),
@@ -272,6 +288,9 @@ impl Topic {
             events,
             bytes,
         };
+        if self.strategy == Strategy::Unbounded {
+            return Ok(reservation);
+        }
         let (max_e, max_b) = (
             self.config.max_backlog_events,
             self.config.max_backlog_bytes.0,
@@ -290,6 +309,10 @@ impl Topic {
                     max_b
                 ),
             });
+        }
+        if self.strategy == Strategy::Drop {
+            // The drop strategy has no watermarks: it fills up, then drops.
+            return Ok(reservation);
         }
         let mark = watermark(priority);
         let (lim_e, lim_b) = ((max_e as f64 * mark) as u64, (max_b as f64 * mark) as u64);

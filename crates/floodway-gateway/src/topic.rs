@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use floodway::limit::concurrency::{Aimd, Fixed, Gradient2, Vegas};
 use floodway::pressure::{DrainRate, RetryBounds};
-use floodway::queue::Meta;
 use floodway::{
     ConcurrencyLimiter, ElasticPool, KeyedRateLimiter, Level, Pressure, Priority, Queue, Quota,
 };
@@ -468,8 +467,10 @@ impl Topic {
             }
             for e in batch {
                 cursor = e.seq + 1;
-                let meta = Meta::priority(e.event.priority);
-                if queue.push_with(e, meta).await.is_err() {
+                // Delivery keeps the topic's order: priority decides admission (watermarks), not
+                // the order of delivery, which would starve low-priority events behind a steady
+                // stream of higher ones.
+                if queue.push(e).await.is_err() {
                     return; // closed at shutdown
                 }
             }

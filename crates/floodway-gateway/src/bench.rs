@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::config::Strategy;
-use crate::demo::{get, spawn, tempfile_dir};
+use crate::demo::{get, spawn, spawn_gateway, tempfile_dir};
 use crate::load;
 use crate::sinksim::parse_schedule;
 
@@ -138,24 +138,14 @@ async fn run_one(s: &Scenario, strategy: Strategy) -> anyhow::Result<Outcome> {
     }
     let sink = spawn(&sink_args).await?;
     let strategy_name = format!("{strategy:?}").to_lowercase();
-    let config = dir.join("floodway.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let gw = spawn_gateway(
+        &dir,
+        &format!(
             "strategy = \"{strategy_name}\"\n[topics.bench]\nsink = {{ type = \"http\", url = \"{}/in\", timeout = \"5s\" }}\nmax_backlog_events = {}\nretry = {{ max_attempts = 1000, base = \"50ms\", max = \"2s\" }}\nconcurrency = {{ min = 1, max = 32 }}\nworkers = {{ min = 4, max = 64 }}\n",
             sink.url,
             s.max_backlog_events.unwrap_or(u64::from(s.capacity) * 10)
         ),
-    )?;
-    let gw = spawn(&[
-        "serve".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        dir.join("data").display().to_string(),
-    ])
+    )
     .await?;
     let pid = gw.pid.context("gateway pid")?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);

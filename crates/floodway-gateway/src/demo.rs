@@ -83,6 +83,22 @@ struct Sample {
     sink_capacity: f64,
 }
 
+/// Writes `config` into `dir` and starts a gateway on it, on a free loopback port.
+pub(crate) async fn spawn_gateway(dir: &std::path::Path, config: &str) -> anyhow::Result<Proc> {
+    let file = dir.join("floodway.toml");
+    std::fs::write(&file, config)?;
+    spawn(&[
+        "serve".into(),
+        "--config".into(),
+        file.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+    ])
+    .await
+}
+
 /// GETs `url` as JSON, `None` on any failure.
 pub(crate) async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
     let bytes = client.get(url).send().await.ok()?.bytes().await.ok()?;
@@ -110,24 +126,14 @@ pub async fn run(args: Args) -> anyhow::Result<PathBuf> {
         schedule,
     ])
     .await?;
-    let config = dir.join("floodway.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let gw = spawn_gateway(
+        &dir,
+        &format!(
             "[topics.demo]\nsink = {{ type = \"http\", url = \"{}/in\", timeout = \"5s\" }}\nmax_backlog_events = {}\nretry = {{ max_attempts = 100, base = \"50ms\", max = \"2s\" }}\nconcurrency = {{ algorithm = \"vegas\", min = 1, max = 64 }}\nworkers = {{ min = 4, max = 64 }}\n",
             sink.url,
             cap * 5
         ),
-    )?;
-    let gw = spawn(&[
-        "serve".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        dir.join("data").display().to_string(),
-    ])
+    )
     .await?;
     let load_args = load::Args {
         url: format!("{}/v1/topics/demo/events", gw.url),

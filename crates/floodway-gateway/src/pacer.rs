@@ -151,10 +151,6 @@ mod tests {
         }
         tokio::time::advance(WINDOW).await;
         p.record(true);
-        assert!(
-            (p.rate() - cut * 1.1).abs() < 0.5,
-            "{} vs {cut}",
-            p.rate()
-        );
+        assert!((p.rate() - cut * 1.1).abs() < 0.5, "{} vs {cut}", p.rate());
     }
 }

@@ -247,7 +247,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     for o in &outcomes {
         let _ = writeln!(
             md,
-            "| {:?} | {} | {} | {} | {:.2} | {:.1} | {:.0} | {} | {} | {} | {:.1} |",
+            "| {:?} | {} | {} | {} | {:.3} | {:.1} | {:.0} | {} | {} | {} | {:.1} |",
             o.strategy,
             o.offered,
             o.accepted,
@@ -268,7 +268,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             ok &= met;
             let _ = writeln!(
                 md,
-                "\nfloodway goodput {:.2} (expected >= {min}): {}",
+                "\nfloodway goodput {:.3} (expected >= {min}): {}",
                 f.goodput,
                 if met { "met" } else { "MISSED" }
             );

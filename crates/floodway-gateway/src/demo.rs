@@ -192,10 +192,11 @@ pub async fn run(args: Args) -> anyhow::Result<PathBuf> {
                     sink_capacity: sinks["rate"].as_f64().unwrap_or(0.0),
                 };
                 println!(
-                    "t={:>4.0}s backlog {:>6.0}  pressure {:<10} limit {:>3.0}  workers {:>3.0}  delivered {:>7.0}",
+                    "t={:>4.0}s backlog {:>6.0}  pressure {:<10} pace {:>6.0}/s  limit {:>3.0}  workers {:>3.0}  delivered {:>7.0}",
                     s.t,
                     s.backlog,
                     topic["pressure"].as_str().unwrap_or("?"),
+                    topic["delivery_rate_limit"].as_f64().unwrap_or(0.0),
                     s.limit,
                     s.workers,
                     s.sink_delivered

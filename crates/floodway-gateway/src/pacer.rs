@@ -5,7 +5,9 @@
 //! pass a GCRA rate limit whose rate adapts, AIMD style, once per window: a window in which the sink
 //! refused anything sets the rate just below what the sink accepted in that window; a clean window
 //! in which the pacer was the bottleneck raises it by 10% (at least one event per second), up to the
-//! configured `rate_limit` if there is one.
+//! configured `rate_limit` if there is one. Between the first cut and the second, clean windows
+//! double the rate instead (a slow start): the first cut comes from "unlimited", in a window where
+//! refused deliveries were waiting out their `Retry-After`, and lands well below the sink's pace.
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -34,6 +36,10 @@ pub struct Pacer {
     max: f64,
     adaptive: bool,
     state: Mutex<(f64, Window)>,
+    /// How many times the rate was cut; until the second cut the pacer doubles per clean window
+    /// (slow start), since the first cut, from "unlimited", lands wherever the first refusals
+    /// happened to leave the sink's acceptance.
+    cuts: std::sync::atomic::AtomicU32,
 }
 
 fn quota(rate: f64) -> Quota {
@@ -63,6 +69,7 @@ impl Pacer {
             limiter: RateLimiter::new(quota(max)),
             max,
             adaptive,
+            cuts: std::sync::atomic::AtomicU32::new(0),
             state: Mutex::new((
                 max,
                 Window {
@@ -110,8 +117,19 @@ impl Pacer {
             return;
         }
         let accepted_rate = w.accepted as f64 / elapsed.as_secs_f64();
+        let cuts = self.cuts.load(std::sync::atomic::Ordering::Relaxed);
         let next = if w.refused > 0 {
-            (accepted_rate * 0.95).min(*rate).max(1.0)
+            self.cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if cuts == 0 {
+                // From "unlimited": the only estimate there is.
+                (accepted_rate * 0.95).min(*rate).max(1.0)
+            } else {
+                // Deliveries waiting out a Retry-After make the accepted count understate the
+                // sink's pace, so never cut by more than 15% at a time once paced.
+                (*rate * 0.85).max(accepted_rate * 0.95).min(*rate).max(1.0)
+            }
+        } else if w.waited > 0 && cuts == 1 {
+            (*rate * 2.0).min(self.max)
         } else if w.waited > 0 {
             (*rate * 1.1).max(*rate + 1.0).min(self.max)
         } else {
@@ -134,23 +152,38 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn refusals_cut_to_the_accepted_rate_and_clean_windows_grow() {
-        let p = Pacer::new(Some(1000.0));
-        // 250 ms in which the sink took 25 and refused some: 100/s accepted -> 95/s.
-        for _ in 0..25 {
+    async fn window(p: &Pacer, accepted: u32, refused: u32, waited: u32) {
+        for _ in 0..waited {
+            p.ready().await;
+        }
+        for _ in 0..accepted {
             p.record(true);
         }
         tokio::time::advance(WINDOW).await;
-        p.record(false);
-        assert!((p.rate() - 95.0).abs() < 0.5, "{}", p.rate());
-        let cut = p.rate();
-        // A clean window in which deliveries waited for the pacer: +10%.
-        for _ in 0..200 {
-            p.ready().await;
+        for _ in 0..refused.max(1) {
+            p.record(refused == 0);
         }
-        tokio::time::advance(WINDOW).await;
-        p.record(true);
-        assert!((p.rate() - cut * 1.1).abs() < 0.5, "{} vs {cut}", p.rate());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cuts_then_slow_start_then_gentle_steps() {
+        let p = Pacer::new(Some(1000.0));
+        // First refusals, from "unlimited": cut to 95% of what the sink accepted (25 in 250 ms).
+        window(&p, 25, 1, 0).await;
+        assert!((p.rate() - 95.0).abs() < 0.5, "{}", p.rate());
+        // Slow start: a clean window in which deliveries waited for the pacer doubles the rate.
+        window(&p, 0, 0, 300).await;
+        assert!((p.rate() - 190.0).abs() < 0.5, "{}", p.rate());
+        // Paced now: refusals cut by at most 15%, even if few deliveries got through.
+        window(&p, 1, 1, 0).await;
+        assert!((p.rate() - 190.0 * 0.85).abs() < 0.5, "{}", p.rate());
+        // Then clean windows add 10%.
+        let before = p.rate();
+        window(&p, 0, 0, 300).await;
+        assert!((p.rate() - before * 1.1).abs() < 0.5, "{} vs {before}", p.rate());
+        // A fixed pacer never moves.
+        let f = Pacer::fixed(Some(50.0));
+        window(&f, 1, 1, 0).await;
+        assert_eq!(f.rate(), 50.0);
     }
 }

@@ -180,7 +180,11 @@ mod tests {
         // Then clean windows add 10%.
         let before = p.rate();
         window(&p, 0, 0, 300).await;
-        assert!((p.rate() - before * 1.1).abs() < 0.5, "{} vs {before}", p.rate());
+        assert!(
+            (p.rate() - before * 1.1).abs() < 0.5,
+            "{} vs {before}",
+            p.rate()
+        );
         // A fixed pacer never moves.
         let f = Pacer::fixed(Some(50.0));
         window(&f, 1, 1, 0).await;

@@ -159,6 +159,20 @@ async fn run_one(s: &Scenario, strategy: Strategy) -> anyhow::Result<Outcome> {
             }
         }
     });
+    // Goodput is what the sink took while producers were sending: read it when the run's time is
+    // up, whatever the load generator is still finishing (polite producers resend after that).
+    let client = reqwest::Client::new();
+    let stats_url = format!("{}/stats", sink.url);
+    let at_end = {
+        let (client, url) = (client.clone(), stats_url.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            get(&client, &url)
+                .await
+                .and_then(|v| v["distinct"].as_u64())
+                .unwrap_or(0)
+        })
+    };
     let report = load::run(
         load::Args {
             url: format!("{}/v1/topics/bench/events", gw.url),
@@ -177,12 +191,7 @@ async fn run_one(s: &Scenario, strategy: Strategy) -> anyhow::Result<Outcome> {
         true,
     )
     .await?;
-    let client = reqwest::Client::new();
-    let stats_url = format!("{}/stats", sink.url);
-    let delivered_in_run = get(&client, &stats_url)
-        .await
-        .and_then(|v| v["distinct"].as_u64())
-        .unwrap_or(0);
+    let delivered_in_run = at_end.await?;
     // A bounded drain: enough for a bounded backlog, not for an unbounded one (that is the point).
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

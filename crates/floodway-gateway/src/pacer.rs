@@ -8,6 +8,8 @@
 //! configured `rate_limit` if there is one. Between the first cut and the second, clean windows
 //! double the rate instead (a slow start): the first cut comes from "unlimited", in a window where
 //! refused deliveries were waiting out their `Retry-After`, and lands well below the sink's pace.
+//! A window in which the sink refused everything is an outage, not a pace: the rate is held, so
+//! delivery resumes at the known pace when the sink comes back.
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -118,7 +120,11 @@ impl Pacer {
         }
         let accepted_rate = w.accepted as f64 / elapsed.as_secs_f64();
         let cuts = self.cuts.load(std::sync::atomic::Ordering::Relaxed);
-        let next = if w.refused > 0 {
+        let next = if w.refused > 0 && w.accepted == 0 && cuts > 0 {
+            // Nothing got through: the sink is down, not slow. Pacing cannot help (retries back
+            // off on their own), and cutting now would leave delivery crawling when it returns.
+            *rate
+        } else if w.refused > 0 {
             self.cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if cuts == 0 {
                 // From "unlimited": the only estimate there is.
@@ -177,6 +183,10 @@ mod tests {
         // Paced now: refusals cut by at most 15%, even if few deliveries got through.
         window(&p, 1, 1, 0).await;
         assert!((p.rate() - 190.0 * 0.85).abs() < 0.5, "{}", p.rate());
+        // A window in which nothing got through (the sink is down) holds the rate.
+        let held = p.rate();
+        window(&p, 0, 1, 0).await;
+        assert_eq!(p.rate(), held);
         // Then clean windows add 10%.
         let before = p.rate();
         window(&p, 0, 0, 300).await;

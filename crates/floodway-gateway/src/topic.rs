@@ -545,10 +545,9 @@ impl Topic {
                             .await;
                     }
                     last_error = error;
-                    let wait = self
-                        .backoff(attempt)
-                        .max(after.unwrap_or_default())
-                        .min(self.config.retry.max.0.max(after.unwrap_or_default()));
+                    // The backoff is already capped at retry.max; a sink's Retry-After can only
+                    // lengthen it.
+                    let wait = self.backoff(attempt).max(after.unwrap_or_default());
                     if self
                         .unless_stopping(tokio::time::sleep(wait))
                         .await

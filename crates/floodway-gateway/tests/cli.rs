@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{gateway, post_json, sink, sink_ids, spawn, wait_for};
+use common::{gateway, post_json, send_events, sink, sink_ids, spawn, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_without_a_config_creates_topics_and_writes_them_to_files() {
@@ -87,19 +87,7 @@ async fn sigterm_stops_in_bounded_time_and_leaves_the_store_consistent() {
         sink.url
     );
     let mut gw = gateway(dir.path(), &config);
-    let client = reqwest::Client::new();
-    let mut acked = std::collections::HashSet::new();
-    for i in 0..200 {
-        let r = post_json(
-            &client,
-            &format!("{}/v1/topics/orders/events", gw.url),
-            &format!("{{\"i\":{i}}}"),
-        )
-        .await;
-        assert_eq!(r.status(), 202);
-        let b: serde_json::Value = r.json().await.unwrap();
-        acked.insert(b["ids"][0].as_str().unwrap().to_owned());
-    }
+    let acked = send_events(&reqwest::Client::new(), &gw, 200).await;
     let pid = gw.child.id().to_string();
     assert!(
         Command::new("kill")

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{gateway, get_json, post_json, sink, sink_ids, wait_for};
+use common::{gateway, get_json, post_json, send_events, sink, sink_ids, wait_for};
 
 fn topic_config(sink_url: &str, extra: &str) -> String {
     format!(
@@ -207,15 +207,7 @@ async fn a_sink_that_goes_down_and_comes_back_is_fully_drained() {
             "retry = { max_attempts = 30, base = \"50ms\", max = \"1s\" }",
         ),
     );
-    let client = reqwest::Client::new();
-    let url = format!("{}/v1/topics/orders/events", gw.url);
-    let mut acked = HashSet::new();
-    for i in 0..50 {
-        let r = post_json(&client, &url, &format!("{{\"i\":{i}}}")).await;
-        assert_eq!(r.status(), 202);
-        let b: serde_json::Value = r.json().await.unwrap();
-        acked.insert(b["ids"][0].as_str().unwrap().to_owned());
-    }
+    let acked = send_events(&reqwest::Client::new(), &gw, 50).await;
     wait_for(
         Duration::from_secs(30),
         "a full drain after the sink came back",
@@ -303,16 +295,7 @@ async fn the_sink_sees_how_long_delivery_took() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(&["--rate", "1000"]);
     let gw = gateway(dir.path(), &topic_config(&sink.url, ""));
-    let client = reqwest::Client::new();
-    for i in 0..5 {
-        let r = post_json(
-            &client,
-            &format!("{}/v1/topics/orders/events", gw.url),
-            &format!("{{\"i\":{i}}}"),
-        )
-        .await;
-        assert_eq!(r.status(), 202);
-    }
+    send_events(&reqwest::Client::new(), &gw, 5).await;
     wait_for(Duration::from_secs(20), "five deliveries", || async {
         get_json(&format!("{}/stats", sink.url)).await["end_to_end_ms"]["count"] == 5
     })

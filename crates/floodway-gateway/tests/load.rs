@@ -38,29 +38,13 @@ async fn known_server() -> (String, Arc<AtomicU64>) {
     (url, count)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_accounts_for_every_request_exactly() {
-    let (url, served) = known_server().await;
+/// Runs `floodway load ARGS --out FILE` (bounded in time) and returns the results it wrote.
+async fn run_load(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.json");
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_floodway"))
-        .args([
-            "load",
-            "--url",
-            &url,
-            "--rate",
-            "200",
-            "--duration",
-            "2s",
-            "--arrival",
-            "constant",
-        ])
-        .args([
-            "--priority-mix",
-            "critical=1,low=1",
-            "--out",
-            out.to_str().unwrap(),
-        ])
+        .args(args)
+        .args(["--out", out.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status();
@@ -69,7 +53,26 @@ async fn load_accounts_for_every_request_exactly() {
         .unwrap()
         .unwrap();
     assert!(status.success());
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_accounts_for_every_request_exactly() {
+    let (url, served) = known_server().await;
+    let r = run_load(&[
+        "load",
+        "--url",
+        &url,
+        "--rate",
+        "200",
+        "--duration",
+        "2s",
+        "--arrival",
+        "constant",
+        "--priority-mix",
+        "critical=1,low=1",
+    ])
+    .await;
     assert_eq!(r["offered"], 400, "{r}");
     assert_eq!(served.load(Ordering::SeqCst), 400);
     assert_eq!(r["accepted"], 300);
@@ -89,29 +92,17 @@ async fn load_accounts_for_every_request_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_honouring_producer_waits_and_resends() {
     let (url, served) = known_server().await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("results.json");
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_floodway"))
-        .args([
-            "load",
-            "--url",
-            &url,
-            "--rate",
-            "20",
-            "--duration",
-            "1s",
-            "--honour-retry-after",
-        ])
-        .args(["--out", out.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(60), status)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let r = run_load(&[
+        "load",
+        "--url",
+        &url,
+        "--rate",
+        "20",
+        "--duration",
+        "1s",
+        "--honour-retry-after",
+    ])
+    .await;
     // Every refused request was sent again once its Retry-After had passed, until accepted.
     assert_eq!(r["accepted"], r["offered"], "{r}");
     let refused = r["refused"]["429"].as_u64().unwrap();

@@ -121,3 +121,20 @@ pub async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> reqwe
         .await
         .unwrap()
 }
+
+/// POSTs `n` small JSON events one by one, asserts each got `202`, and returns their ids.
+pub async fn send_events(
+    client: &reqwest::Client,
+    gateway: &Proc,
+    n: usize,
+) -> std::collections::HashSet<String> {
+    let url = format!("{}/v1/topics/orders/events", gateway.url);
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..n {
+        let r = post_json(client, &url, &format!("{{\"i\":{i}}}")).await;
+        assert_eq!(r.status(), 202);
+        let b: serde_json::Value = r.json().await.unwrap();
+        ids.insert(b["ids"][0].as_str().unwrap().to_owned());
+    }
+    ids
+}

@@ -57,13 +57,120 @@ pub enum Fsync {
     Never,
 }
 
+/// Where accepted events are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded store in the data directory: one process owns it.
+    #[default]
+    Embedded,
+    /// NATS JetStream: every topic is a stream that several gateways share.
+    Nats,
+}
+
 /// `[storage]`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// The sync policy (default `batch`).
+    /// The backend (default `embedded`).
+    #[serde(default)]
+    pub backend: Backend,
+    /// The sync policy of the embedded store (default `batch`). JetStream has its own.
     #[serde(default)]
     pub fsync: Fsync,
+    /// The NATS settings, for `backend = "nats"`.
+    #[serde(default)]
+    pub nats: NatsConfig,
+}
+
+/// `[storage.nats]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs, comma-separated (default `nats://127.0.0.1:4222`).
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// User name, with `password`.
+    pub user: Option<String>,
+    /// Password, with `user`.
+    pub password: Option<String>,
+    /// An authentication token, instead of user and password.
+    pub token: Option<String>,
+    /// How long a publish or a JetStream request may take before the producer is told `503`
+    /// (default 5 s).
+    #[serde(default = "default_nats_timeout")]
+    pub request_timeout: Dur,
+    /// How long a worker may hold an event before another one gets it (default 30 s). Longer than
+    /// the sink's timeout, or slow deliveries are duplicated.
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait: Dur,
+    /// Stream defaults for every topic; `[topics.<name>.stream]` overrides them.
+    #[serde(default)]
+    pub stream: StreamConfig,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_nats_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_ack_wait() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: default_nats_url(),
+            user: None,
+            password: None,
+            token: None,
+            request_timeout: default_nats_timeout(),
+            ack_wait: default_ack_wait(),
+            stream: StreamConfig::default(),
+        }
+    }
+}
+
+/// A topic's JetStream stream. Unset limits follow the topic's backlog bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Copies kept by a JetStream cluster (default 1; use 3 in production).
+    pub replicas: Option<usize>,
+    /// Most events in the stream (default: the topic's `max_backlog_events`).
+    pub max_msgs: Option<u64>,
+    /// Most bytes in the stream (default: the topic's `max_backlog_bytes`).
+    pub max_bytes: Option<Size>,
+    /// Events older than this are removed by JetStream itself, without a dead letter (default:
+    /// never; prefer `shed.max_age`, which dead-letters).
+    pub max_age: Option<Dur>,
+}
+
+impl StreamConfig {
+    /// `self`, with unset fields taken from `defaults`.
+    pub fn or(self, defaults: StreamConfig) -> StreamConfig {
+        StreamConfig {
+            replicas: self.replicas.or(defaults.replicas),
+            max_msgs: self.max_msgs.or(defaults.max_msgs),
+            max_bytes: self.max_bytes.or(defaults.max_bytes),
+            max_age: self.max_age.or(defaults.max_age),
+        }
+    }
+}
+
+/// What a `floodway serve` process does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Accept and deliver.
+    #[default]
+    Both,
+    /// Only accept events (no delivery).
+    Ingest,
+    /// Only deliver (ingest answers `421`).
+    Worker,
 }
 
 /// Where a topic's events are delivered.
@@ -243,6 +350,9 @@ pub struct TopicConfig {
     pub shed: Shed,
     /// Ingest quota per producer key (default none).
     pub producers: Option<Rate>,
+    /// The topic's stream, with `backend = "nats"`.
+    #[serde(default)]
+    pub stream: StreamConfig,
 }
 
 fn default_backlog_events() -> u64 {
@@ -268,6 +378,7 @@ impl Default for TopicConfig {
             workers: Workers::default(),
             shed: Shed::default(),
             producers: None,
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -304,6 +415,9 @@ pub struct Config {
     /// Storage settings.
     #[serde(default)]
     pub storage: Storage,
+    /// What this process does (default `both`; `ingest` and `worker` need the nats backend).
+    #[serde(default)]
+    pub role: Role,
     /// Overload strategy (default `floodway`; the others are for comparisons).
     #[serde(default)]
     pub strategy: Strategy,
@@ -325,6 +439,7 @@ impl Default for Config {
             listen: default_listen(),
             data_dir: default_data_dir(),
             storage: Storage::default(),
+            role: Role::default(),
             strategy: Strategy::default(),
             topics: BTreeMap::new(),
         }
@@ -375,6 +490,38 @@ impl Config {
 
     /// Checks what the types cannot: names, bounds, orderings. Errors name the key path.
     pub fn check(&self) -> Result<(), String> {
+        if self.role != Role::Both && self.storage.backend != Backend::Nats {
+            return Err(
+                "role: ingest and worker processes share a backlog, which needs storage.backend = \"nats\""
+                    .into(),
+            );
+        }
+        if self.storage.backend == Backend::Nats {
+            if self.strategy != Strategy::Floodway && self.strategy != Strategy::Fixed {
+                return Err(
+                    "strategy: the in-memory comparison strategies have no nats backend".into(),
+                );
+            }
+            let n = &self.storage.nats;
+            if n.url.split(',').any(|u| u.trim().is_empty()) {
+                return Err("storage.nats.url: a comma-separated list of server URLs".into());
+            }
+            if n.user.is_some() != n.password.is_some() {
+                return Err("storage.nats: user and password go together".into());
+            }
+            for (name, t) in std::iter::once(("storage.nats.stream".to_owned(), n.stream)).chain(
+                self.topics
+                    .iter()
+                    .map(|(k, t)| (format!("topics.{k}.stream"), t.stream)),
+            ) {
+                if t.replicas.is_some_and(|r| r == 0 || r > 5) {
+                    return Err(format!("{name}.replicas: JetStream keeps 1 to 5 copies"));
+                }
+                if t.max_msgs == Some(0) || t.max_bytes.is_some_and(|b| b.0 == 0) {
+                    return Err(format!("{name}: limits must be at least 1"));
+                }
+            }
+        }
         for (name, t) in &self.topics {
             let at = |key: &str| format!("topics.{name}.{key}");
             if !valid_topic_name(name) {
@@ -441,10 +588,36 @@ mod tests {
         let c: Config = toml::from_str(example).unwrap();
         c.check().unwrap();
         assert!(c.topics.contains_key("orders"));
+        let nats: Config =
+            toml::from_str(include_str!("../../../floodway.nats.example.toml")).unwrap();
+        nats.check().unwrap();
+        assert_eq!(nats.storage.backend, Backend::Nats);
         let bad = toml::from_str::<Config>("[topics.a]\nmax_backlog_event = 3\n").unwrap_err();
         let text = bad.to_string();
         assert!(text.contains("unknown field `max_backlog_event`"), "{text}");
         assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn roles_and_the_nats_backend_are_checked() {
+        let worker: Config = toml::from_str("role = \"worker\"\n").unwrap();
+        assert!(worker.check().unwrap_err().contains("storage.backend"));
+        let nats: Config = toml::from_str(
+            "role = \"worker\"\n[storage]\nbackend = \"nats\"\n[storage.nats]\nurl = \"nats://a:1,nats://b:2\"\n\
+             stream = { replicas = 3 }\n[topics.a]\nstream = { max_msgs = 10 }\n",
+        )
+        .unwrap();
+        nats.check().unwrap();
+        let s = nats.topics["a"].stream.or(nats.storage.nats.stream);
+        assert_eq!((s.replicas, s.max_msgs), (Some(3), Some(10)));
+        let bad: Config = toml::from_str(
+            "[storage]\nbackend = \"nats\"\n[topics.a]\nstream = { replicas = 0 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            bad.check().unwrap_err(),
+            "topics.a.stream.replicas: JetStream keeps 1 to 5 copies"
+        );
     }
 
     #[test]

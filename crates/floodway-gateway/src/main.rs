@@ -7,6 +7,7 @@ mod bench;
 mod config;
 mod demo;
 mod load;
+mod nats;
 mod pacer;
 mod problem;
 mod server;
@@ -48,6 +49,10 @@ enum Command {
         /// Directory for the store and file sinks (overrides the file; default ./floodway-data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// What this process does (overrides the file; default both). `ingest` only accepts,
+        /// `worker` only delivers; both need `storage.backend = "nats"`.
+        #[arg(long, value_enum)]
+        role: Option<config::Role>,
     },
     /// Run a simulated downstream with a set capacity, for tests, benchmarks and demos.
     SinkSim(sinksim::Args),
@@ -101,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             config,
             listen,
             data_dir,
+            role,
         } => {
             let mut c = match &config {
                 Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -111,6 +117,10 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = data_dir {
                 c.data_dir = d;
+            }
+            if let Some(r) = role {
+                c.role = r;
+                c.check().map_err(|e| anyhow::anyhow!("--role: {e}"))?;
             }
             runtime()?.block_on(serve(c))
         }
@@ -147,6 +157,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(strategy = ?config.strategy, "comparison strategy: events are kept in memory only");
             Arc::new(store::MemoryStore::default())
         }
+        _ if config.storage.backend == config::Backend::Nats => Arc::new(
+            nats::NatsStore::connect(&config.storage.nats)
+                .await
+                .context("cannot open the nats store")?,
+        ),
         config::Strategy::Floodway | config::Strategy::Fixed => Arc::new(
             store::RedbStore::open(&config.data_dir.join("floodway.redb"), config.storage.fsync)
                 .context("cannot open the store")?,

@@ -15,6 +15,9 @@ pub struct Problem {
     title: &'static str,
     status: u16,
     detail: String,
+    /// The ids of events that were stored although the request as a whole failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored_ids: Option<Vec<String>>,
     #[serde(skip)]
     headers: HeaderMap,
 }
@@ -32,6 +35,7 @@ impl Problem {
             title,
             status: status.as_u16(),
             detail: detail.into(),
+            stored_ids: None,
             headers: HeaderMap::new(),
         }
     }
@@ -103,6 +107,12 @@ impl Problem {
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         self.headers
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        self
+    }
+
+    /// Lists events that were stored although the request failed.
+    pub fn stored_ids(mut self, ids: Vec<String>) -> Self {
+        self.stored_ids = Some(ids);
         self
     }
 

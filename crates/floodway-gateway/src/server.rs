@@ -16,11 +16,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::config::{Config, SinkConfig, Strategy, TopicConfig, valid_topic_name};
+use crate::config::{Backend, Config, Role, SinkConfig, Strategy, TopicConfig, valid_topic_name};
 use crate::problem::Problem;
 use crate::sink::Sink;
-use crate::store::{NewEvent, Store, now_ms};
-use crate::topic::{Refusal, Topic};
+use crate::store::{Appended, NewEvent, Store, StoreError, now_ms};
+use crate::topic::{Refusal, Reservation, Topic};
 
 /// At most this many topics are created on first use; beyond it, new names are refused.
 const MAX_AUTO_TOPICS: usize = 1024;
@@ -40,7 +40,7 @@ pub struct Gateway {
 impl Gateway {
     /// Recovers every topic the store knows and the declared ones, and starts their delivery.
     pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Gateway>> {
-        let recovered = store.recover()?;
+        let recovered = store.recover().await?;
         let gw = Arc::new(Gateway {
             config,
             store,
@@ -75,6 +75,16 @@ impl Gateway {
                     .join(format!("{name}.jsonl")),
             });
         }
+        if self.config.storage.backend == Backend::Nats {
+            // The stream's limits are the backlog's bound: the watermarks are shares of them.
+            let s = c.stream.or(self.config.storage.nats.stream);
+            if let Some(m) = s.max_msgs {
+                c.max_backlog_events = c.max_backlog_events.min(m);
+            }
+            if let Some(b) = s.max_bytes {
+                c.max_backlog_bytes.0 = c.max_backlog_bytes.0.min(b.0);
+            }
+        }
         c
     }
 
@@ -87,6 +97,7 @@ impl Gateway {
     ) -> anyhow::Result<Arc<Topic>> {
         let config = self.topic_config(name);
         let sink = Arc::new(Sink::open(config.sink.as_ref().expect("set above")).await?);
+        self.store.open_topic(name, &config).await?;
         let topic = Arc::new(Topic::new(
             name.to_owned(),
             config,
@@ -94,8 +105,11 @@ impl Gateway {
             events,
             bytes,
             dead,
+            self.config.storage.backend == Backend::Nats,
         ));
-        topic.start(self.store.clone(), sink);
+        topic
+            .start(self.store.clone(), sink, self.config.role != Role::Ingest)
+            .await?;
         self.topics
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -243,6 +257,15 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if gw.config.role == Role::Worker {
+        return Problem::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "https://floodway.dev/problems/wrong-role",
+            "This instance does not accept events",
+            "this instance runs with --role worker: it only delivers; send events to an ingest instance",
+        )
+        .into_response();
+    }
     let topic = match gw.topic(&name).await {
         Ok(t) => t,
         Err(p) => return p.into_response(),
@@ -418,19 +441,59 @@ async fn accept(
         ));
     }
     let sizes: Vec<u64> = events.iter().map(|e| e.body.len() as u64).collect();
-    let appended = gw.store.append(&topic.name, events).await.map_err(|e| {
-        topic.count_refusal("store");
-        Problem::unavailable(format!("{e}; nothing was stored"), Duration::from_secs(5))
-    })?;
-    let (mut kept, mut kept_bytes) = (0u64, 0u64);
-    for (a, size) in appended.iter().zip(&sizes) {
-        if !a.duplicate {
-            kept += 1;
-            kept_bytes += size;
+    let commit = |appended: &[Appended], reservation: Reservation<'_>| {
+        let (mut kept, mut kept_bytes) = (0u64, 0u64);
+        for (a, size) in appended.iter().zip(&sizes) {
+            if !a.duplicate {
+                kept += 1;
+                kept_bytes += size;
+            }
         }
-    }
-    reservation.commit(kept, kept_bytes);
-    topic.record_accepted(kept);
+        reservation.commit(kept, kept_bytes);
+        topic.record_accepted(kept);
+        kept
+    };
+    let appended = match gw.store.append(&topic.name, events).await {
+        Ok(a) => a,
+        Err(StoreError::Full(e)) => {
+            // The shared store is at its limits (other gateways filled it since this one last
+            // looked): the same answers as this gateway's own bound, `503` for critical events,
+            // which may fill it all, and `429` for the rest, which are past their watermark.
+            topic.count_refusal("full");
+            let detail = format!(
+                "topic {:?} backlog is full ({e}); nothing was stored",
+                topic.name
+            );
+            let after = topic.retry_hint(n);
+            return Err(if priority == Priority::Critical {
+                Problem::unavailable(detail, after)
+            } else {
+                Problem::slow_down(detail, after)
+            });
+        }
+        Err(StoreError::Partial { stored, error }) => {
+            commit(&stored, reservation);
+            topic.count_refusal("store");
+            let ids: Vec<String> = stored.iter().map(|a| a.seq.to_string()).collect();
+            return Err(Problem::unavailable(
+                format!(
+                    "only the first {} events were stored ({error}); send the rest again, with \
+                     the same Idempotency-Key to make a full resend safe",
+                    stored.len()
+                ),
+                Duration::from_secs(5),
+            )
+            .stored_ids(ids));
+        }
+        Err(e) => {
+            topic.count_refusal("store");
+            return Err(Problem::unavailable(
+                format!("{e}; nothing was stored"),
+                Duration::from_secs(5),
+            ));
+        }
+    };
+    let kept = commit(&appended, reservation);
     let ids: Vec<String> = appended.iter().map(|a| a.seq.to_string()).collect();
     let duplicates = n - kept;
     let mut body = json!({ "accepted": n, "ids": ids });
@@ -469,7 +532,7 @@ async fn dead_letters(
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     }
     let limit = q.limit.unwrap_or(100).min(1000);
-    match gw.store.dead_letters(&name, limit) {
+    match gw.store.dead_letters(&name, limit).await {
         Ok(list) => {
             let items: Vec<_> = list
                 .iter()

@@ -118,6 +118,28 @@ struct Sim {
     error_rate: f64,
     mode: Mode,
     counts: Mutex<Counts>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as in flight while it lives, and keeps the peak.
+struct InFlight<'a>(&'a Sim);
+
+impl<'a> InFlight<'a> {
+    fn new(sim: &'a Sim) -> Self {
+        use std::sync::atomic::Ordering;
+        let now = sim.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        sim.peak_in_flight.fetch_max(now, Ordering::AcqRel);
+        InFlight(sim)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 fn quota(rate: u32) -> Quota {
@@ -140,6 +162,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         error_rate: args.error_rate.clamp(0.0, 1.0),
         mode: args.mode,
         counts: Mutex::default(),
+        in_flight: Default::default(),
+        peak_in_flight: Default::default(),
     });
     let s = sim.clone();
     tokio::spawn(async move {
@@ -173,6 +197,7 @@ fn unavailable(after: Duration) -> Response {
 }
 
 async fn receive(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    let _in_flight = InFlight::new(&sim);
     sim.counts
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -258,6 +283,8 @@ async fn stats(State(sim): State<Arc<Sim>>, Query(q): Query<StatsQuery>) -> Resp
             "p99": c.end_to_end.value_at_quantile(0.99),
             "max": c.end_to_end.max(),
         },
+        // The most requests this sink held at once: what the senders' total concurrency was.
+        "peak_in_flight": sim.peak_in_flight.load(std::sync::atomic::Ordering::Acquire),
         "rate": *sim.current.lock().unwrap_or_else(|e| e.into_inner()),
     });
     if q.ids.unwrap_or(false) {

@@ -17,25 +17,47 @@ use floodway::Priority;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Fsync;
+use crate::config::{Fsync, TopicConfig};
 
 /// A boxed future, so the store trait can be used as `Arc<dyn Store>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The store failed; the request that needed it gets `503`.
+/// Why the store did not do what was asked.
 #[derive(Debug, Clone)]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The store failed or cannot be reached; the request that needed it gets `503`.
+    Unavailable(String),
+    /// The store refused the write because it is at its own limits (a stream's `max_msgs` or
+    /// `max_bytes`); the producer is told to slow down.
+    Full(String),
+    /// Part of a batch was stored before the store failed (only a backend without atomic batches
+    /// can do this); `stored` lists what was.
+    Partial {
+        /// What was stored, in order from the first line.
+        stored: Vec<Appended>,
+        /// Why the rest was not.
+        error: String,
+    },
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "store unavailable: {}", self.0)
+        match self {
+            StoreError::Unavailable(e) => write!(f, "store unavailable: {e}"),
+            StoreError::Full(e) => write!(f, "the store is at its limits: {e}"),
+            StoreError::Partial { stored, error } => write!(
+                f,
+                "store unavailable after storing the first {} events: {error}",
+                stored.len()
+            ),
+        }
     }
 }
 
 impl std::error::Error for StoreError {}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Unavailable(e.to_string())
 }
 
 /// Milliseconds since the Unix epoch (stored times survive restarts, so they are wall-clock).
@@ -125,13 +147,90 @@ pub trait Store: Send + Sync + 'static {
     /// Moves an event to the topic's dead letters.
     fn dead_letter(&self, topic: &str, dead: DeadEvent) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Up to `max` dead letters of `topic`, oldest first.
-    fn dead_letters(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError>;
+    fn dead_letters(
+        &self,
+        topic: &str,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>>;
     /// Moves every dead letter of `topic` back for delivery, with new ids; returns them.
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
     /// Every topic with stored state, and what it holds.
-    fn recover(&self) -> Result<HashMap<String, TopicState>, StoreError>;
+    fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>>;
     /// True while the store accepts writes.
     fn healthy(&self) -> bool;
+    /// Prepares the store for a topic (a backend with per-topic resources creates them here).
+    fn open_topic<'a>(
+        &'a self,
+        _topic: &'a str,
+        _config: &'a TopicConfig,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    /// A shared feed of the topic's events for a backend where several processes deliver from
+    /// one backlog; `None` means this process owns the backlog and reads it with
+    /// [`Store::read_from`] and [`Store::ack`].
+    fn feed(&self, _topic: &str) -> BoxFuture<'_, Result<Option<Box<dyn Feed>>, StoreError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+    /// The backlog as the whole cluster sees it, for a backend shared by several processes;
+    /// `None` means this process's own accounting is the whole truth.
+    fn shared_backlog(&self, _topic: &str) -> BoxFuture<'_, Result<Option<Backlog>, StoreError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+/// A topic's backlog as a shared backend reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Events stored and not yet delivered or dead-lettered, by every process.
+    pub events: u64,
+    /// Their bytes as the backend counts them (with its own overhead).
+    pub bytes: u64,
+    /// When the oldest of them was stored (Unix ms), if any.
+    pub oldest_ms: Option<u64>,
+    /// Events that ever left the backlog (delivered or dead-lettered): its rate is the drain rate.
+    pub removed: u64,
+    /// Dead letters kept.
+    pub dead: u64,
+}
+
+/// How a leased event leaves the shared backlog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Delivered: remove it.
+    Ack,
+    /// Not delivered this time: make it available again after this delay.
+    Retry(Duration),
+    /// Dead-lettered (already copied to the dead letters): remove it without delivering.
+    Term,
+}
+
+/// An event taken from a shared backlog. Until it is settled no other process gets it; if this
+/// process dies first, the backend hands it to another after its lease times out.
+pub trait Lease: Send + Sync + 'static {
+    /// Deliveries of this event that came before this one (in any process).
+    fn earlier_attempts(&self) -> u32;
+    /// Settles the event.
+    fn settle(self: Box<Self>, how: Settle) -> BoxFuture<'static, Result<(), StoreError>>;
+}
+
+impl std::fmt::Debug for dyn Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lease(earlier_attempts: {})", self.earlier_attempts())
+    }
+}
+
+/// An event with its lease.
+pub type Leased = (StoredEvent, Box<dyn Lease>);
+
+/// A stream of leased events from a shared backlog.
+pub trait Feed: Send + 'static {
+    /// Up to `max` events, waiting at most `wait` for the first; empty when none came.
+    fn next(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Leased>, StoreError>>;
 }
 
 const EVENTS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("events");
@@ -145,7 +244,7 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 
 // Records are a small fixed binary layout rather than a serialization crate: five scalar fields
 // and two strings, read back by this file only; the body stays byte-exact without base64.
-fn encode(e: &NewEvent, out: &mut Vec<u8>) {
+pub fn encode(e: &NewEvent, out: &mut Vec<u8>) {
     out.push(1);
     out.extend_from_slice(&e.accepted_ms.to_le_bytes());
     out.extend_from_slice(&e.deadline_ms.unwrap_or(0).to_le_bytes());
@@ -160,8 +259,8 @@ fn encode(e: &NewEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.body);
 }
 
-fn decode(b: &[u8]) -> Result<NewEvent, StoreError> {
-    let bad = || StoreError("corrupt event record".into());
+pub fn decode(b: &[u8]) -> Result<NewEvent, StoreError> {
+    let bad = || StoreError::Unavailable("corrupt event record".into());
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], StoreError> {
         let s = b.get(at..at + n).ok_or_else(bad)?;
@@ -191,7 +290,7 @@ fn decode(b: &[u8]) -> Result<NewEvent, StoreError> {
     })
 }
 
-fn encode_dead(d: &DeadEvent) -> Vec<u8> {
+pub fn encode_dead(d: &DeadEvent) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&d.stored.seq.to_le_bytes());
     out.extend_from_slice(&d.attempts.to_le_bytes());
@@ -204,8 +303,8 @@ fn encode_dead(d: &DeadEvent) -> Vec<u8> {
     out
 }
 
-fn decode_dead(b: &[u8]) -> Result<DeadEvent, StoreError> {
-    let bad = || StoreError("corrupt dead-letter record".into());
+pub fn decode_dead(b: &[u8]) -> Result<DeadEvent, StoreError> {
+    let bad = || StoreError::Unavailable("corrupt dead-letter record".into());
     let u64_at = |at: usize| -> Result<u64, StoreError> {
         Ok(u64::from_le_bytes(
             b.get(at..at + 8)
@@ -347,11 +446,12 @@ impl RedbStore {
         let ops = self
             .ops
             .as_ref()
-            .ok_or_else(|| StoreError("store closed".into()))?;
+            .ok_or_else(|| StoreError::Unavailable("store closed".into()))?;
         ops.send(op(tx))
             .await
-            .map_err(|_| StoreError("writer stopped".into()))?;
-        rx.await.map_err(|_| StoreError("writer stopped".into()))?
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 }
 
@@ -525,6 +625,47 @@ impl Writer {
     }
 }
 
+impl RedbStore {
+    fn read_dead(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(DEAD).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t
+            .range((topic, 0)..=(topic, u64::MAX))
+            .map_err(err)?
+            .take(max)
+        {
+            let (_, v) = row.map_err(err)?;
+            out.push(decode_dead(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn read_state(&self) -> Result<HashMap<String, TopicState>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let mut out: HashMap<String, TopicState> = HashMap::new();
+        let seqs = txn.open_table(NEXT_SEQ).map_err(err)?;
+        for row in seqs.iter().map_err(err)? {
+            let (k, _) = row.map_err(err)?;
+            out.entry(k.value().to_owned()).or_default();
+        }
+        let events = txn.open_table(EVENTS).map_err(err)?;
+        for row in events.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let e = decode(v.value())?;
+            let s = out.entry(k.value().0.to_owned()).or_default();
+            s.backlog_events += 1;
+            s.backlog_bytes += e.body.len() as u64;
+        }
+        let dead = txn.open_table(DEAD).map_err(err)?;
+        for row in dead.iter().map_err(err)? {
+            let (k, _) = row.map_err(err)?;
+            out.entry(k.value().0.to_owned()).or_default().dead_letters += 1;
+        }
+        Ok(out)
+    }
+}
+
 impl Store for RedbStore {
     fn append(
         &self,
@@ -564,12 +705,12 @@ impl Store for RedbStore {
             let ops = self
                 .ops
                 .as_ref()
-                .ok_or_else(|| StoreError("store closed".into()))?;
+                .ok_or_else(|| StoreError::Unavailable("store closed".into()))?;
             // Nobody waits for the reply; a failed commit is logged by the writer.
             let (tx, _) = oneshot::channel();
             ops.send(Op::Ack(topic, seqs, tx))
                 .await
-                .map_err(|_| StoreError("writer stopped".into()))
+                .map_err(|_| StoreError::Unavailable("writer stopped".into()))
         })
     }
 
@@ -578,19 +719,12 @@ impl Store for RedbStore {
         Box::pin(self.call(move |r| Op::Dead(topic, dead, r)))
     }
 
-    fn dead_letters(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(DEAD).map_err(err)?;
-        let mut out = Vec::new();
-        for row in t
-            .range((topic, 0)..=(topic, u64::MAX))
-            .map_err(err)?
-            .take(max)
-        {
-            let (_, v) = row.map_err(err)?;
-            out.push(decode_dead(v.value())?);
-        }
-        Ok(out)
+    fn dead_letters(
+        &self,
+        topic: &str,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
+        Box::pin(std::future::ready(self.read_dead(topic, max)))
     }
 
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
@@ -598,28 +732,8 @@ impl Store for RedbStore {
         Box::pin(self.call(move |r| Op::Replay(topic, r)))
     }
 
-    fn recover(&self) -> Result<HashMap<String, TopicState>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let mut out: HashMap<String, TopicState> = HashMap::new();
-        let seqs = txn.open_table(NEXT_SEQ).map_err(err)?;
-        for row in seqs.iter().map_err(err)? {
-            let (k, _) = row.map_err(err)?;
-            out.entry(k.value().to_owned()).or_default();
-        }
-        let events = txn.open_table(EVENTS).map_err(err)?;
-        for row in events.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            let e = decode(v.value())?;
-            let s = out.entry(k.value().0.to_owned()).or_default();
-            s.backlog_events += 1;
-            s.backlog_bytes += e.body.len() as u64;
-        }
-        let dead = txn.open_table(DEAD).map_err(err)?;
-        for row in dead.iter().map_err(err)? {
-            let (k, _) = row.map_err(err)?;
-            out.entry(k.value().0.to_owned()).or_default().dead_letters += 1;
-        }
-        Ok(out)
+    fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
+        Box::pin(std::future::ready(self.read_state()))
     }
 
     fn healthy(&self) -> bool {
@@ -710,11 +824,11 @@ mod tests {
             .await
             .unwrap();
             assert!(s.read_from("t", 0, 10).unwrap().is_empty());
-            assert_eq!(s.dead_letters("t", 10).unwrap().len(), 1);
+            assert_eq!(s.dead_letters("t", 10).await.unwrap().len(), 1);
         }
         // Reopen: state survives, sequence numbers keep rising.
         let s = RedbStore::open(&path, Fsync::Batch).unwrap();
-        let r = s.recover().unwrap();
+        let r = s.recover().await.unwrap();
         assert_eq!(
             r["t"],
             TopicState {
@@ -727,8 +841,8 @@ mod tests {
         assert_eq!(replayed.len(), 1);
         assert_eq!(replayed[0].seq, 3);
         assert_eq!(replayed[0].event.deadline_ms, None);
-        assert!(s.dead_letters("t", 10).unwrap().is_empty());
-        assert_eq!(s.recover().unwrap()["t"].backlog_events, 1);
+        assert!(s.dead_letters("t", 10).await.unwrap().is_empty());
+        assert_eq!(s.recover().await.unwrap()["t"].backlog_events, 1);
     }
 }
 
@@ -809,8 +923,13 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn dead_letters(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError> {
-        Ok(self.with(topic, |t| t.dead.values().take(max).cloned().collect()))
+    fn dead_letters(
+        &self,
+        topic: &str,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
+        let out = self.with(topic, |t| t.dead.values().take(max).cloned().collect());
+        Box::pin(std::future::ready(Ok(out)))
     }
 
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
@@ -830,8 +949,8 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(out)))
     }
 
-    fn recover(&self) -> Result<HashMap<String, TopicState>, StoreError> {
-        Ok(HashMap::new())
+    fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
+        Box::pin(std::future::ready(Ok(HashMap::new())))
     }
 
     fn healthy(&self) -> bool {

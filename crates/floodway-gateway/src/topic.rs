@@ -22,11 +22,23 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{Algorithm, Rate, Strategy, TopicConfig};
-use crate::sink::{Attempt, Sink};
-use crate::store::{DeadEvent, Store, StoredEvent, now_ms};
+use crate::sink::Sink;
+use crate::store::{DeadEvent, Feed, Lease, Settle, Store, StoredEvent, now_ms};
+
+/// An event on its way to a worker, with its lease when the backlog is shared.
+#[derive(Debug)]
+pub struct Job {
+    event: StoredEvent,
+    lease: Option<Box<dyn Lease>>,
+}
+
+/// How often a topic on a shared backend reads the cluster's backlog.
+const BACKLOG_POLL: Duration = Duration::from_millis(250);
+/// How long a shared feed waits for an event before looking again.
+const FEED_WAIT: Duration = Duration::from_secs(1);
 
 /// The share of the backlog bound each class may fill before it is told to slow down (`429`).
-/// Critical events may fill it all; past the bound everyone gets `503`.
+/// Critical events may fill it all; past the bound they get `503`, the others still `429`.
 pub fn watermark(p: Priority) -> f64 {
     match p {
         Priority::Low => 0.6,
@@ -49,7 +61,7 @@ pub enum Refusal {
         retry_after: Duration,
         detail: String,
     },
-    /// The backlog is full (`503`).
+    /// The backlog is full and the event is critical (`503`).
     Full {
         retry_after: Duration,
         detail: String,
@@ -67,6 +79,14 @@ pub struct Reservation<'a> {
 impl Reservation<'_> {
     /// Keeps `events`/`bytes` of the reservation (they were stored) and returns the rest.
     pub fn commit(mut self, events: u64, bytes: u64) {
+        if self.topic.shared {
+            // Stored events stay counted here until the next read of the shared backlog
+            // includes them.
+            self.topic
+                .unpolled_events
+                .fetch_add(events, Ordering::AcqRel);
+            self.topic.unpolled_bytes.fetch_add(bytes, Ordering::AcqRel);
+        }
         self.topic
             .backlog_events
             .fetch_sub(self.events - events, Ordering::AcqRel);
@@ -118,6 +138,15 @@ pub struct Topic {
     stopping: tokio::sync::watch::Sender<bool>,
     /// How overload is handled.
     pub strategy: Strategy,
+    /// True when the backlog is shared with other processes (nats backend): its size comes from
+    /// the store, and this process's own counters only cover what it stored since the last read.
+    shared: bool,
+    remote_events: AtomicU64,
+    remote_bytes: AtomicU64,
+    unpolled_events: AtomicU64,
+    unpolled_bytes: AtomicU64,
+    /// The shared backlog's (removed, ever stored) counters at the last read.
+    last_totals: Mutex<Option<(u64, u64)>>,
 }
 
 fn quota(r: Rate) -> Quota {
@@ -135,6 +164,7 @@ impl Topic {
         backlog_events: u64,
         backlog_bytes: u64,
         dead: u64,
+        shared: bool,
     ) -> Topic {
         let c = config.concurrency;
         let algorithm = if strategy == Strategy::Floodway {
@@ -201,16 +231,29 @@ impl Topic {
             pool: Mutex::new(None),
             stopping: tokio::sync::watch::channel(false).0,
             config,
+            shared,
+            remote_events: AtomicU64::new(0),
+            remote_bytes: AtomicU64::new(0),
+            unpolled_events: AtomicU64::new(0),
+            unpolled_bytes: AtomicU64::new(0),
+            last_totals: Mutex::new(None),
         }
     }
 
     /// How full the backlog is (the larger of events and bytes), 0..=1 and beyond.
     pub fn utilisation(&self) -> f64 {
-        let e = self.backlog_events.load(Ordering::Acquire) as f64
-            / self.config.max_backlog_events as f64;
-        let b = self.backlog_bytes.load(Ordering::Acquire) as f64
-            / self.config.max_backlog_bytes.0 as f64;
+        let e = self.backlog_events() as f64 / self.config.max_backlog_events as f64;
+        let b = self.backlog_bytes() as f64 / self.config.max_backlog_bytes.0 as f64;
         e.max(b)
+    }
+
+    /// Events in the backlog: this process's, or the whole cluster's on a shared backend.
+    pub fn backlog_events(&self) -> u64 {
+        self.backlog_events.load(Ordering::Acquire) + self.remote_events.load(Ordering::Acquire)
+    }
+
+    fn backlog_bytes(&self) -> u64 {
+        self.backlog_bytes.load(Ordering::Acquire) + self.remote_bytes.load(Ordering::Acquire)
     }
 
     /// The pressure level after a fresh utilisation sample.
@@ -218,7 +261,8 @@ impl Topic {
         self.pressure.update(self.utilisation())
     }
 
-    fn retry_hint(&self, events: u64) -> Duration {
+    /// How long until `events` would have drained at the current rate (within 1-60 s).
+    pub fn retry_hint(&self, events: u64) -> Duration {
         let bounds = RetryBounds {
             min: Duration::from_secs(1),
             max: Duration::from_secs(60),
@@ -280,8 +324,12 @@ impl Topic {
         bytes: u64,
         priority: Priority,
     ) -> Result<Reservation<'_>, Refusal> {
-        let e_after = self.backlog_events.fetch_add(events, Ordering::AcqRel) + events;
-        let b_after = self.backlog_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let e_after = self.backlog_events.fetch_add(events, Ordering::AcqRel)
+            + events
+            + self.remote_events.load(Ordering::Acquire);
+        let b_after = self.backlog_bytes.fetch_add(bytes, Ordering::AcqRel)
+            + bytes
+            + self.remote_bytes.load(Ordering::Acquire);
         let reservation = Reservation {
             topic: self,
             events,
@@ -297,9 +345,9 @@ impl Topic {
         if e_after > max_e || b_after > max_b {
             self.count_refusal("full");
             let over = e_after.saturating_sub(max_e).max(1);
-            return Err(Refusal::Full {
-                retry_after: self.retry_hint(over),
-                detail: format!(
+            let (retry_after, detail) = (
+                self.retry_hint(over),
+                format!(
                     "topic {:?} backlog is full ({} of {} events, {} of {} bytes)",
                     self.name,
                     e_after - events,
@@ -307,6 +355,19 @@ impl Topic {
                     b_after - bytes,
                     max_b
                 ),
+            );
+            // Critical events may fill the backlog, so for them full means unavailable (`503`);
+            // every other class is past its watermark, and its answer stays "slow down" (`429`).
+            return Err(if priority == Priority::Critical {
+                Refusal::Full {
+                    retry_after,
+                    detail,
+                }
+            } else {
+                Refusal::Watermark {
+                    retry_after,
+                    detail,
+                }
             });
         }
         if self.strategy == Strategy::Drop {
@@ -334,6 +395,9 @@ impl Topic {
     /// Records accepted events.
     pub fn record_accepted(&self, n: u64) {
         self.accepted.fetch_add(n, Ordering::Relaxed);
+        if self.shared {
+            return; // the arrival rate is the cluster's, read with the backlog
+        }
         self.arrivals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -341,6 +405,9 @@ impl Topic {
     }
 
     fn record_departure(&self, bytes: u64) {
+        if self.shared {
+            return; // the backlog and its drain rate are read from the store
+        }
         self.backlog_events.fetch_sub(1, Ordering::AcqRel);
         self.backlog_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.departures
@@ -351,6 +418,9 @@ impl Topic {
 
     /// Events added back to the backlog by a replay.
     pub fn record_replayed(&self, events: &[StoredEvent]) {
+        if self.shared {
+            return; // the next read of the shared backlog counts them
+        }
         let bytes: u64 = events.iter().map(|e| e.event.body.len() as u64).sum();
         self.backlog_events
             .fetch_add(events.len() as u64, Ordering::AcqRel);
@@ -382,9 +452,10 @@ impl Topic {
         let oldest = self.oldest_ms.load(Ordering::Acquire);
         serde_json::json!({
             "topic": self.name,
-            "backlog_events": self.backlog_events.load(Ordering::Acquire),
-            "backlog_bytes": self.backlog_bytes.load(Ordering::Acquire),
-            "oldest_age_seconds": if oldest == 0 || self.backlog_events.load(Ordering::Acquire) == 0 { 0.0 } else { now_ms().saturating_sub(oldest) as f64 / 1000.0 },
+            "backlog_events": self.backlog_events(),
+            "backlog_bytes": self.backlog_bytes(),
+            "backlog_scope": if self.shared { "cluster" } else { "process" },
+            "oldest_age_seconds": if oldest == 0 || self.backlog_events() == 0 { 0.0 } else { now_ms().saturating_sub(oldest) as f64 / 1000.0 },
             "rate_in_per_second": self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).per_second(now),
             "rate_out_per_second": self.departures.lock().unwrap_or_else(|e| e.into_inner()).per_second(now),
             "accepted": self.accepted.load(Ordering::Relaxed),
@@ -401,14 +472,31 @@ impl Topic {
         })
     }
 
-    /// Starts the dispatcher and the worker pool.
-    pub fn start(self: &Arc<Self>, store: Arc<dyn Store>, sink: Arc<Sink>) {
-        let queue: Queue<StoredEvent> = Queue::builder()
+    /// Starts reading the shared backlog (on a shared backend) and, when `deliver` is true,
+    /// the dispatcher and the worker pool.
+    pub async fn start(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        sink: Arc<Sink>,
+        deliver: bool,
+    ) -> Result<(), crate::store::StoreError> {
+        if self.shared {
+            tokio::spawn(self.clone().watch_backlog(store.clone()));
+        }
+        if !deliver {
+            return Ok(());
+        }
+        let feed = store.feed(&self.name).await?;
+        let queue: Queue<Job> = Queue::builder()
             .max_items(256)
-            .dead_letter(|l: floodway::DeadLetter<StoredEvent>| {
-                // Only a cancelled hand-over at shutdown lands here; the event is still stored and
-                // is read again on the next start.
-                tracing::debug!(seq = l.item.seq, reason = %l.reason, "hand-over cancelled");
+            .dead_letter(|l: floodway::DeadLetter<Job>| {
+                // Only a cancelled hand-over at shutdown lands here. The event is still stored:
+                // read again on the next start, or, leased from a shared backlog, handed back at
+                // once for another process to take.
+                tracing::debug!(seq = l.item.event.seq, reason = %l.reason, "hand-over cancelled");
+                if let Some(lease) = l.item.lease {
+                    tokio::spawn(lease.settle(Settle::Retry(Duration::ZERO)));
+                }
             })
             .build()
             .expect("valid queue");
@@ -426,7 +514,11 @@ impl Topic {
             })
             .expect("valid pool");
         *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
-        tokio::spawn(self.clone().dispatch(store, queue));
+        match feed {
+            Some(feed) => tokio::spawn(self.clone().dispatch_shared(feed, queue)),
+            None => tokio::spawn(self.clone().dispatch(store, queue)),
+        };
+        Ok(())
     }
 
     /// Stops the workers, letting each finish the delivery it holds, within `grace`.
@@ -442,7 +534,58 @@ impl Topic {
         }
     }
 
-    async fn dispatch(self: Arc<Self>, store: Arc<dyn Store>, queue: Queue<StoredEvent>) {
+    /// Keeps the cluster-wide backlog, its age, and the arrival and drain rates current.
+    async fn watch_backlog(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            // What this process stored before the read is in the read; later stores are
+            // counted twice until the next one, which errs on the side of refusing.
+            let (e, b) = (
+                self.unpolled_events.swap(0, Ordering::AcqRel),
+                self.unpolled_bytes.swap(0, Ordering::AcqRel),
+            );
+            match store.shared_backlog(&self.name).await {
+                Ok(Some(backlog)) => {
+                    self.backlog_events.fetch_sub(e, Ordering::AcqRel);
+                    self.backlog_bytes.fetch_sub(b, Ordering::AcqRel);
+                    self.remote_events.store(backlog.events, Ordering::Release);
+                    self.remote_bytes.store(backlog.bytes, Ordering::Release);
+                    self.oldest_ms
+                        .store(backlog.oldest_ms.unwrap_or(0), Ordering::Release);
+                    self.dead_letters.store(backlog.dead, Ordering::Release);
+                    let totals = (backlog.removed, backlog.removed + backlog.events);
+                    let last = self
+                        .last_totals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .replace(totals);
+                    if let Some((removed, stored)) = last {
+                        let now = Instant::now();
+                        self.departures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(totals.0.saturating_sub(removed), now);
+                        self.arrivals
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(totals.1.saturating_sub(stored), now);
+                    }
+                }
+                Ok(None) => return,
+                Err(err) => {
+                    self.unpolled_events.fetch_add(e, Ordering::AcqRel);
+                    self.unpolled_bytes.fetch_add(b, Ordering::AcqRel);
+                    tracing::warn!(topic = %self.name, error = %err, "cannot read the shared backlog");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(BACKLOG_POLL) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>, store: Arc<dyn Store>, queue: Queue<Job>) {
         let mut cursor = 0u64;
         loop {
             let notified = self.appended.notified();
@@ -470,8 +613,59 @@ impl Topic {
                 // Delivery keeps the topic's order: priority decides admission (watermarks), not
                 // the order of delivery, which would starve low-priority events behind a steady
                 // stream of higher ones.
-                if queue.push(e).await.is_err() {
+                let job = Job {
+                    event: e,
+                    lease: None,
+                };
+                if queue.push(job).await.is_err() {
                     return; // closed at shutdown
+                }
+            }
+        }
+    }
+
+    /// Takes events from the shared backlog, only as many as this process's concurrency limit
+    /// has room for: what a process holds, no other can deliver.
+    async fn dispatch_shared(self: Arc<Self>, mut feed: Box<dyn Feed>, queue: Queue<Job>) {
+        loop {
+            let l = self.limiter.stats();
+            let room = l.limit.saturating_sub(l.in_flight + queue.len());
+            if room == 0 {
+                // Full: look again when a delivery may have finished.
+                if self
+                    .unless_stopping(tokio::time::sleep(Duration::from_millis(5)))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                continue;
+            }
+            let batch = match self
+                .unless_stopping(feed.next(room.min(256), FEED_WAIT))
+                .await
+            {
+                None => return,
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    tracing::error!(topic = %self.name, error = %e, "cannot read the shared backlog");
+                    if self
+                        .unless_stopping(tokio::time::sleep(Duration::from_secs(1)))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            for (event, lease) in batch {
+                let job = Job {
+                    event,
+                    lease: Some(lease),
+                };
+                if queue.push(job).await.is_err() {
+                    return; // closed at shutdown; the dead-letter hook hands the lease back
                 }
             }
         }
@@ -485,31 +679,37 @@ impl Topic {
         capped.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 
-    async fn deliver(&self, e: StoredEvent, store: &dyn Store, sink: &Sink) {
+    async fn deliver(&self, job: Job, store: &dyn Store, sink: &Sink) {
+        let Job {
+            event: e,
+            mut lease,
+        } = job;
         let bytes = e.event.body.len() as u64;
-        let mut attempt = 0u32;
+        let mut attempt = lease.as_ref().map_or(0, |l| l.earlier_attempts());
         let mut last_error = String::new();
         loop {
             let now = now_ms();
             if e.event.deadline_ms.is_some_and(|d| d <= now) {
                 return self
-                    .bury(store, e, "expired", last_error, attempt, bytes)
+                    .bury(store, e, "expired", last_error, attempt, bytes, lease)
                     .await;
             }
             if let Some(max_age) = self.config.shed.max_age {
                 if now.saturating_sub(e.event.accepted_ms) > max_age.0.as_millis() as u64 {
                     return self
-                        .bury(store, e, "shed", last_error, attempt, bytes)
+                        .bury(store, e, "shed", last_error, attempt, bytes, lease)
                         .await;
                 }
             }
-            if self.unless_stopping(self.pacer.ready()).await.is_none() {
-                return;
-            }
-            let Some(acquired) = self
-                .unless_stopping(self.limiter.acquire(e.event.priority))
-                .await
-            else {
+            let ready = async {
+                self.pacer.ready().await;
+                self.limiter.acquire(e.event.priority).await
+            };
+            let Some(acquired) = self.unless_stopping(ready).await else {
+                // Stopping: a leased event goes back at once for another process.
+                if let Some(l) = lease {
+                    let _ = l.settle(Settle::Retry(Duration::ZERO)).await;
+                }
                 return;
             };
             let Ok(permit) = acquired else {
@@ -517,37 +717,49 @@ impl Topic {
             };
             attempt += 1;
             match sink.deliver(&self.name, &e, attempt).await {
-                Attempt::Delivered => {
+                crate::sink::Attempt::Delivered => {
                     permit.success();
                     self.pacer.record(true);
-                    // An ack that never reaches the disk (crash, store failure) only means the event
-                    // is delivered again after a restart: at least once, never lost.
-                    if let Err(err) = store.ack(&self.name, vec![e.seq]).await {
-                        tracing::error!(topic = %self.name, error = %err, "ack not queued; the event will be redelivered");
+                    // An ack that never lands (crash, store failure) only means the event is
+                    // delivered again: at least once, never lost.
+                    let acked = match lease {
+                        Some(l) => l.settle(Settle::Ack).await,
+                        None => store.ack(&self.name, vec![e.seq]).await,
+                    };
+                    if let Err(err) = acked {
+                        tracing::error!(topic = %self.name, error = %err, "ack not recorded; the event will be redelivered");
                     }
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                     self.record_departure(bytes);
                     return;
                 }
-                Attempt::Permanent { error } => {
+                crate::sink::Attempt::Permanent { error } => {
                     permit.success();
                     return self
-                        .bury(store, e, "permanent", error, attempt, bytes)
+                        .bury(store, e, "permanent", error, attempt, bytes, lease)
                         .await;
                 }
-                Attempt::Retry { after, error } => {
+                crate::sink::Attempt::Retry { after, error } => {
                     permit.dropped();
                     self.pacer.record(false);
                     tracing::debug!(topic = %self.name, seq = e.seq, attempt, %error, "delivery failed");
                     if attempt >= self.config.retry.max_attempts {
                         return self
-                            .bury(store, e, "exhausted", error, attempt, bytes)
+                            .bury(store, e, "exhausted", error, attempt, bytes, lease)
                             .await;
                     }
                     last_error = error;
                     // The backoff is already capped at retry.max; a sink's Retry-After can only
                     // lengthen it.
                     let wait = self.backoff(attempt).max(after.unwrap_or_default());
+                    if let Some(l) = lease.take() {
+                        // Shared backlog: the event goes back and returns after `wait`, to
+                        // whichever process has room then.
+                        if let Err(err) = l.settle(Settle::Retry(wait)).await {
+                            tracing::warn!(topic = %self.name, error = %err, "nak not recorded; the event returns after the ack wait");
+                        }
+                        return;
+                    }
                     if self
                         .unless_stopping(tokio::time::sleep(wait))
                         .await
@@ -569,6 +781,7 @@ impl Topic {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one call site per reason; a struct would only rename them
     async fn bury(
         &self,
         store: &dyn Store,
@@ -577,6 +790,7 @@ impl Topic {
         error: String,
         attempts: u32,
         bytes: u64,
+        lease: Option<Box<dyn Lease>>,
     ) {
         let dead = DeadEvent {
             stored: e,
@@ -589,13 +803,22 @@ impl Topic {
             tracing::error!(topic = %self.name, error = %err, "dead-lettering failed; retrying");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if let Some(l) = lease {
+            // The copy is stored; now the event leaves the shared backlog. If this is lost, the
+            // event comes back and its second dead letter is de-duplicated by its id.
+            if let Err(err) = l.settle(Settle::Term).await {
+                tracing::warn!(topic = %self.name, error = %err, "terminate not recorded");
+            }
+        }
         *self
             .dead_by_reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(reason.to_owned())
             .or_default() += 1;
-        self.dead_letters.fetch_add(1, Ordering::AcqRel);
+        if !self.shared {
+            self.dead_letters.fetch_add(1, Ordering::AcqRel);
+        }
         self.record_departure(bytes);
     }
 }

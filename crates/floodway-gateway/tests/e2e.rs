@@ -5,7 +5,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{gateway, get_json, post_json, send_events, sink, sink_ids, wait_for};
+use common::{
+    expire_and_replay, gateway, get_json, post_json, send_events, sink, sink_ids, wait_for,
+};
 
 fn topic_config(sink_url: &str, extra: &str) -> String {
     format!(
@@ -236,52 +238,8 @@ async fn an_expired_event_is_dead_lettered_and_replay_delivers_it() {
             "retry = { max_attempts = 50, base = \"50ms\", max = \"200ms\" }",
         ),
     );
-    let client = reqwest::Client::new();
-    let r = client
-        .post(format!("{}/v1/topics/orders/events", gw.url))
-        .header("content-type", "application/json")
-        .header("floodway-ttl", "300ms")
-        .body(r#"{"late":true}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    expire_and_replay(&gw.url, &gw.url, &sink).await;
     let dl_url = format!("{}/v1/topics/orders/dead-letters", gw.url);
-    wait_for(
-        Duration::from_secs(20),
-        "the expired event in dead letters",
-        || async {
-            get_json(&dl_url).await["dead_letters"]
-                .as_array()
-                .is_some_and(|a| a.len() == 1)
-        },
-    )
-    .await;
-    let dl = get_json(&dl_url).await;
-    assert_eq!(dl["dead_letters"][0]["reason"], "expired");
-    assert_eq!(dl["dead_letters"][0]["body"]["late"], true);
-    assert!(sink_ids(&sink, "orders").await.is_empty());
-    // Wait for the sink to be back, then replay.
-    wait_for(Duration::from_secs(20), "the sink back up", || async {
-        get_json(&format!("{}/stats", sink.url)).await["rate"] == 100
-    })
-    .await;
-    let replayed: serde_json::Value = client
-        .post(format!("{dl_url}/replay"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(replayed["replayed"], 1);
-    let new_id = replayed["ids"][0].as_str().unwrap().to_owned();
-    wait_for(
-        Duration::from_secs(20),
-        "the replayed event at the sink",
-        || async { sink_ids(&sink, "orders").await.contains(&new_id) },
-    )
-    .await;
     assert!(
         get_json(&dl_url).await["dead_letters"]
             .as_array()

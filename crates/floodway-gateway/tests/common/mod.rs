@@ -138,3 +138,55 @@ pub async fn send_events(
     }
     ids
 }
+
+/// Posts one event with a 300 ms TTL to `ingest` while `sink` is down (a sink-sim with the
+/// schedule `0s:rate=0,2s:rate=100`), waits for it in the dead letters listed by `admin` with
+/// reason `expired`, waits for the sink to be back, replays it through `admin`, and waits for
+/// the replayed event at the sink. `ingest` and `admin` are gateway base URLs.
+pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{ingest}/v1/topics/orders/events"))
+        .header("content-type", "application/json")
+        .header("floodway-ttl", "300ms")
+        .body(r#"{"late":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let dl_url = format!("{admin}/v1/topics/orders/dead-letters");
+    wait_for(
+        Duration::from_secs(20),
+        "the expired event in dead letters",
+        || async {
+            get_json(&dl_url).await["dead_letters"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        },
+    )
+    .await;
+    let dl = get_json(&dl_url).await;
+    assert_eq!(dl["dead_letters"][0]["reason"], "expired");
+    assert_eq!(dl["dead_letters"][0]["body"]["late"], true);
+    assert!(sink_ids(sink, "orders").await.is_empty());
+    wait_for(Duration::from_secs(20), "the sink back up", || async {
+        get_json(&format!("{}/stats", sink.url)).await["rate"] == 100
+    })
+    .await;
+    let replayed: serde_json::Value = client
+        .post(format!("{dl_url}/replay"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replayed["replayed"], 1);
+    let new_id = replayed["ids"][0].as_str().unwrap().to_owned();
+    wait_for(
+        Duration::from_secs(20),
+        "the replayed event at the sink",
+        || async { sink_ids(sink, "orders").await.contains(&new_id) },
+    )
+    .await;
+}

@@ -148,7 +148,8 @@ impl NatsStore {
             // JetStream's own limit would strand the event in the stream instead.
             max_deliver: -1,
             max_ack_pending: config.concurrency.max as i64,
-            filter_subject: subject.clone(),
+            // No subject filter: the stream holds only this topic, and an unfiltered consumer is
+            // JetStream's fast path.
             num_replicas: 0,
             ..Default::default()
         };
@@ -437,6 +438,14 @@ impl Store for NatsStore {
         })
     }
 
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.client.flush().await {
+                tracing::warn!(error = %e, "could not flush to NATS; unsettled events return after the ack wait");
+            }
+        })
+    }
+
     fn feed(&self, topic: &str) -> BoxFuture<'_, Result<Option<Box<dyn Feed>>, StoreError>> {
         let handles = self.handles(topic);
         Box::pin(async move {
@@ -503,43 +512,42 @@ impl NatsFeed {
 }
 
 impl Feed for NatsFeed {
-    fn next(
-        &mut self,
+    fn next<'a>(
+        &'a mut self,
         max: usize,
         wait: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Leased>, StoreError>> {
+        take: &'a mut (dyn FnMut(Leased) + Send),
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(async move {
-            // First whatever is there now, up to `max`; if nothing, wait for one event.
-            let now = self.consumer.fetch().max_messages(max.max(1)).messages();
-            let out = leases(now.await.map_err(unavailable)?).await;
-            if !out.is_empty() {
-                return Ok(out);
-            }
-            let later = self
+            // One long poll: the server sends what it has (and what the consumer's
+            // max_ack_pending allows) at once, more as it comes, and ends the request at `max`
+            // events or after `wait`.
+            let mut batch = self
                 .consumer
                 .batch()
-                .max_messages(1)
+                .max_messages(max.max(1))
                 .expires(wait)
-                .messages();
-            Ok(leases(later.await.map_err(unavailable)?).await)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            let mut n = 0;
+            while let Some(m) = batch.next().await {
+                match m {
+                    Ok(m) => {
+                        if let Some(leased) = NatsFeed::lease(m) {
+                            n += 1;
+                            take(leased);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "pull request ended");
+                        break;
+                    }
+                }
+            }
+            Ok(n)
         })
     }
-}
-
-/// Every message of a pull request, as leases; the request ends at its size, its expiry, or
-/// an error (logged: the next request tries again).
-async fn leases(mut batch: consumer::pull::Batch) -> Vec<Leased> {
-    let mut out = Vec::new();
-    while let Some(m) = batch.next().await {
-        match m {
-            Ok(m) => out.extend(NatsFeed::lease(m)),
-            Err(e) => {
-                tracing::debug!(error = %e, "pull request ended");
-                break;
-            }
-        }
-    }
-    out
 }
 
 /// One leased message: settled by acking, nak-ing with a delay, or terminating.
@@ -557,6 +565,8 @@ impl Lease for NatsLease {
         Box::pin(async move {
             let kind = match how {
                 Settle::Ack => jetstream::AckKind::Ack,
+                // A zero delay is sent as a plain nak: "now", whatever the server's defaults.
+                Settle::Retry(after) if after.is_zero() => jetstream::AckKind::Nak(None),
                 Settle::Retry(after) => jetstream::AckKind::Nak(Some(after)),
                 Settle::Term => jetstream::AckKind::Term,
             };

@@ -163,6 +163,7 @@ impl Gateway {
         for t in self.all_topics() {
             t.stop(grace).await;
         }
+        self.store.flush().await;
     }
 
     /// Every topic, by name.

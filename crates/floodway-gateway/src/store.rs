@@ -172,6 +172,11 @@ pub trait Store: Send + Sync + 'static {
     fn feed(&self, _topic: &str) -> BoxFuture<'_, Result<Option<Box<dyn Feed>>, StoreError>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+    /// Sends whatever the store still buffers (a network backend's acks) before the process
+    /// exits.
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
     /// The backlog as the whole cluster sees it, for a backend shared by several processes;
     /// `None` means this process's own accounting is the whole truth.
     fn shared_backlog(&self, _topic: &str) -> BoxFuture<'_, Result<Option<Backlog>, StoreError>> {
@@ -225,12 +230,15 @@ pub type Leased = (StoredEvent, Box<dyn Lease>);
 
 /// A stream of leased events from a shared backlog.
 pub trait Feed: Send + 'static {
-    /// Up to `max` events, waiting at most `wait` for the first; empty when none came.
-    fn next(
-        &mut self,
+    /// Asks for up to `max` events and hands each to `take` as it arrives, until `max` came or
+    /// `wait` passed; returns how many came. Events are handed over one by one so the first are
+    /// delivered while the rest are still on their way.
+    fn next<'a>(
+        &'a mut self,
         max: usize,
         wait: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Leased>, StoreError>>;
+        take: &'a mut (dyn FnMut(Leased) + Send),
+    ) -> BoxFuture<'a, Result<usize, StoreError>>;
 }
 
 const EVENTS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("events");

@@ -134,7 +134,13 @@ pub struct Topic {
     /// Adaptive delivery pacing.
     pub pacer: crate::pacer::Pacer,
     appended: Notify,
+    /// Signalled whenever a worker finishes with an event: room for the shared feed to fetch.
+    finished: Notify,
     pool: Mutex<Option<ElasticPool>>,
+    /// The hand-over queue of a shared feed, kept to give its leases back at shutdown.
+    handover: Mutex<Option<Queue<Job>>>,
+    /// The shared feed's dispatcher, awaited at shutdown so no pull request is left open.
+    dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stopping: tokio::sync::watch::Sender<bool>,
     /// How overload is handled.
     pub strategy: Strategy,
@@ -228,7 +234,10 @@ impl Topic {
                 .expect("default marks"),
             limiter,
             appended: Notify::new(),
+            finished: Notify::new(),
             pool: Mutex::new(None),
+            handover: Mutex::new(None),
+            dispatcher: Mutex::new(None),
             stopping: tokio::sync::watch::channel(false).0,
             config,
             shared,
@@ -510,14 +519,21 @@ impl Topic {
             .stabilization(Duration::ZERO, Duration::from_secs(10))
             .spawn(queue.clone(), move |job| {
                 let (topic, store, sink) = (topic.clone(), st.clone(), sink.clone());
-                async move { topic.deliver(job.item, &*store, &sink).await }
+                async move {
+                    topic.deliver(job.item, &*store, &sink).await;
+                    topic.finished.notify_one();
+                }
             })
             .expect("valid pool");
         *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
         match feed {
-            Some(feed) => tokio::spawn(self.clone().dispatch_shared(feed, queue)),
-            None => tokio::spawn(self.clone().dispatch(store, queue)),
-        };
+            Some(feed) => {
+                *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
+                let task = tokio::spawn(self.clone().dispatch_shared(feed, queue));
+                *self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            }
+            None => drop(tokio::spawn(self.clone().dispatch(store, queue))),
+        }
         Ok(())
     }
 
@@ -526,11 +542,40 @@ impl Topic {
         // Deliveries waiting (for the rate limit, a permit, or a retry) give up at once; their
         // events stay stored and are delivered after the next start.
         self.stopping.send_replace(true);
+        // A shared feed first finishes the pull request it has open (at most its wait) and
+        // hands back what that brought: a request abandoned mid-way would leave events leased to
+        // this process until the ack wait.
+        let dispatcher = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = dispatcher {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
         let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(pool) = pool {
             if tokio::time::timeout(grace, pool.shutdown()).await.is_err() {
                 tracing::warn!(topic = %self.name, "deliveries still running at shutdown; they will be redelivered");
             }
+        }
+        // Leased events not yet taken by a worker go back at once, for another process to take
+        // now rather than after the ack wait.
+        let handover = self
+            .handover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(queue) = handover {
+            queue.close();
+            let mut returned = 0;
+            while let Ok(job) = queue.try_pop() {
+                if let Some(lease) = job.item.lease {
+                    returned += 1;
+                    let _ = lease.settle(Settle::Retry(Duration::ZERO)).await;
+                }
+            }
+            tracing::debug!(topic = %self.name, returned, "leased events handed back");
         }
     }
 
@@ -625,29 +670,47 @@ impl Topic {
     }
 
     /// Takes events from the shared backlog, only as many as this process's concurrency limit
-    /// has room for: what a process holds, no other can deliver.
+    /// has room for (and one batch ahead): what a process holds, no other can deliver.
     async fn dispatch_shared(self: Arc<Self>, mut feed: Box<dyn Feed>, queue: Queue<Job>) {
         loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            // Room for the deliveries the limit allows plus one batch more, fetched while they
+            // run: a fetch is a round trip, and without the spare batch the workers would wait
+            // for it after every batch.
             let l = self.limiter.stats();
-            let room = l.limit.saturating_sub(l.in_flight + queue.len());
+            let room = (2 * l.limit).saturating_sub(l.in_flight + queue.len());
             if room == 0 {
-                // Full: look again when a delivery may have finished.
-                if self
-                    .unless_stopping(tokio::time::sleep(Duration::from_millis(5)))
-                    .await
-                    .is_none()
-                {
+                // Full: look again when a worker finishes (the timeout only guards against a
+                // limit that grew with nothing finishing).
+                let wait = tokio::time::timeout(Duration::from_millis(50), finished);
+                if self.unless_stopping(wait).await.is_none() {
                     return;
                 }
                 continue;
             }
-            let batch = match self
-                .unless_stopping(feed.next(room.min(256), FEED_WAIT))
-                .await
-            {
-                None => return,
-                Some(Ok(b)) => b,
-                Some(Err(e)) => {
+            // Each event goes to the workers as it arrives. Once stopping, a worker hands it
+            // straight back, as does `stop` for any left in the queue.
+            let mut take = |(event, lease): crate::store::Leased| {
+                let job = Job {
+                    event,
+                    lease: Some(lease),
+                };
+                // Never full: at most twice the concurrency limit is asked for, and the queue
+                // holds more than that; closed only at shutdown.
+                if let Err(refused) = queue.try_push(job) {
+                    if let Some(lease) = refused.into_item().lease {
+                        tokio::spawn(lease.settle(Settle::Retry(Duration::ZERO)));
+                    }
+                }
+            };
+            // Not cancelled by a stop, which would abandon a pull request the server is still
+            // filling: it ends within FEED_WAIT (see `stop`).
+            match feed.next(room.min(256), FEED_WAIT, &mut take).await {
+                Ok(_) if *self.stopping.borrow() => return,
+                Ok(_) => {}
+                Err(e) => {
                     tracing::error!(topic = %self.name, error = %e, "cannot read the shared backlog");
                     if self
                         .unless_stopping(tokio::time::sleep(Duration::from_secs(1)))
@@ -656,16 +719,6 @@ impl Topic {
                     {
                         return;
                     }
-                    continue;
-                }
-            };
-            for (event, lease) in batch {
-                let job = Job {
-                    event,
-                    lease: Some(lease),
-                };
-                if queue.push(job).await.is_err() {
-                    return; // closed at shutdown; the dead-letter hook hands the lease back
                 }
             }
         }

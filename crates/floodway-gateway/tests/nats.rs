@@ -89,8 +89,21 @@ fn start_nats(dir: &Path, name: &str, cluster: Option<(u16, &[u16])>) -> Nats {
     server
 }
 
-/// A gateway with `role` on the nats backend at `urls`, delivering topic `orders` to `sink`.
+/// A gateway with `role` on the nats backend at `urls`, delivering topic `orders` to `sink`, with
+/// an ack wait of 2 s.
 fn gateway(dir: &Path, name: &str, role: &str, urls: &str, sink: &str, extra: &str) -> Proc {
+    gateway_with_ack_wait(dir, name, role, urls, sink, extra, "2s")
+}
+
+fn gateway_with_ack_wait(
+    dir: &Path,
+    name: &str,
+    role: &str,
+    urls: &str,
+    sink: &str,
+    extra: &str,
+    ack_wait: &str,
+) -> Proc {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).unwrap();
     let config = data.join("floodway.toml");
@@ -98,7 +111,7 @@ fn gateway(dir: &Path, name: &str, role: &str, urls: &str, sink: &str, extra: &s
         &config,
         format!(
             "[storage]\nbackend = \"nats\"\n[storage.nats]\nurl = \"{urls}\"\nrequest_timeout = \"2s\"\n\
-             ack_wait = \"2s\"\n[topics.orders]\nsink = {{ type = \"http\", url = \"{sink}/in\" }}\n{extra}\n"
+             ack_wait = \"{ack_wait}\"\n[topics.orders]\nsink = {{ type = \"http\", url = \"{sink}/in\" }}\n{extra}\n"
         ),
     )
     .unwrap();
@@ -152,15 +165,25 @@ async fn two_gateways_share_one_stream_within_one_concurrency_limit() {
     }
     let dir = tempfile::tempdir().unwrap();
     let nats = start_nats(dir.path(), "n1", None);
-    // A sink of limited capacity: each delivery takes 20 ms.
-    let sink = sink(&["--rate", "10000", "--latency", "20ms"]);
-    let extra = "concurrency = { min = 1, max = 4 }";
+    // A sink of limited capacity (each delivery takes 20 ms) that fails one delivery in ten:
+    // those go back to the stream with a delay and come back to either gateway.
+    let sink = sink(&[
+        "--rate",
+        "10000",
+        "--latency",
+        "20ms",
+        "--error-rate",
+        "0.1",
+    ]);
+    let extra = "concurrency = { min = 1, max = 4 }\n\
+                 retry = { max_attempts = 50, base = \"20ms\", max = \"200ms\" }";
     let a = gateway(dir.path(), "a", "both", &nats.url, &sink.url, extra);
     let b = gateway(dir.path(), "b", "both", &nats.url, &sink.url, extra);
     let acked = send_alternately(&[&a, &b], 300).await;
     assert_eq!(acked.len(), 300, "ids are unique across gateways");
     wait_delivered(&sink, &acked, Duration::from_secs(60)).await;
     let s = get_json(&format!("{}/stats", sink.url)).await;
+    assert!(s["errors"].as_u64().unwrap() > 0, "retries were exercised");
     let peak = s["peak_in_flight"].as_u64().unwrap();
     assert!(
         (1..=4).contains(&peak),
@@ -221,6 +244,62 @@ async fn a_killed_worker_s_events_are_redelivered_by_another() {
     assert!(topic_stats(&w2).await["delivered"].as_u64().unwrap() > 0);
     // The ingest process delivers nothing, whatever its backlog.
     assert_eq!(topic_stats(&ingest).await["delivered"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_hands_its_events_back_at_once() {
+    if !have_nats("a_stopped_worker_hands_its_events_back_at_once") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = start_nats(dir.path(), "n1", None);
+    let sink = sink(&["--rate", "10000", "--latency", "300ms"]);
+    let extra = "concurrency = { algorithm = \"fixed\", min = 1, max = 8 }";
+    // An ack wait far longer than the test: only an explicit hand-back lets w2 have w1's events.
+    let (ingest, mut w1) = (
+        gateway_with_ack_wait(
+            dir.path(),
+            "in",
+            "ingest",
+            &nats.url,
+            &sink.url,
+            extra,
+            "10m",
+        ),
+        gateway_with_ack_wait(
+            dir.path(),
+            "w1",
+            "worker",
+            &nats.url,
+            &sink.url,
+            extra,
+            "10m",
+        ),
+    );
+    let acked = send_alternately(&[&ingest], 60).await;
+    wait_for(Duration::from_secs(20), "worker 1 busy", || async {
+        topic_stats(&w1).await["in_flight"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let pid = w1.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(w1.child.wait().unwrap().success());
+    let _w2 = gateway_with_ack_wait(
+        dir.path(),
+        "w2",
+        "worker",
+        &nats.url,
+        &sink.url,
+        extra,
+        "10m",
+    );
+    wait_delivered(&sink, &acked, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,19 +10,7 @@ conns=${2:-32}
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
 cargo build --release -q -p floodway-gateway
 bin=target/release/floodway
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-# Starts a process in this shell (so the trap can stop it) and waits for its address line.
-start() { # name args...
-  local name=$1; shift
-  "$bin" "$@" > "$tmp/$name.out" 2>/dev/null &
-  pids+=($!)
-  for _ in $(seq 100); do [ -s "$tmp/$name.out" ] && break; sleep 0.1; done
-}
-url() { head -1 "$tmp/$1.out" | awk '{print $NF}'; }
+. benches/lib.sh
 
 bench() { # label url script
   local rps

@@ -14,23 +14,13 @@ for tool in wrk nats-server; do
 done
 cargo build --release -q -p floodway-gateway
 bin=target/release/floodway
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
+. benches/lib.sh
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 nats-server -js -a 127.0.0.1 -p "$port" -sd "$tmp/nats" > "$tmp/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q "Server is ready" "$tmp/nats.log" && break; sleep 0.1; done
 
-start() { # name args... ; starts the binary and waits for its address line
-  local name=$1; shift
-  "$bin" "$@" > "$tmp/$name.out" 2>/dev/null &
-  pids+=($!)
-  for _ in $(seq 300); do [ -s "$tmp/$name.out" ] && break; sleep 0.1; done
-}
-url() { head -1 "$tmp/$1.out" | awk '{print $NF}'; }
 stop_last() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
 rps() { wrk -t2 -c"$conns" -d"${secs}s" -s "benches/ingest/$2" "$1" | awk '/Requests\/sec/ {print $2}'; }
 backlog() { curl -s "$1/v1/topics/bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["backlog_events"])'; }

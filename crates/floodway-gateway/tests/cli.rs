@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{gateway, post_json, send_events, sink, sink_ids, spawn, wait_for};
+use common::{gateway, post_json, send_events, sigterm, sink, sink_ids, spawn, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_without_a_config_creates_topics_and_writes_them_to_files() {
@@ -88,14 +88,7 @@ async fn sigterm_stops_in_bounded_time_and_leaves_the_store_consistent() {
     );
     let mut gw = gateway(dir.path(), &config);
     let acked = send_events(&reqwest::Client::new(), &gw, 200).await;
-    let pid = gw.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&gw);
     let start = Instant::now();
     let status = loop {
         if let Some(s) = gw.child.try_wait().unwrap() {

@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, expire_and_replay, get_json, post_json, sink, sink_ids, spawn, wait_for};
+use common::{
+    Proc, expire_and_replay, get_json, post_json, sigterm, sink, sink_ids, spawn, wait_for,
+};
 
 /// True when `nats-server` can be run; otherwise reports the skip (or fails, when required).
 fn have_nats(test: &str) -> bool {
@@ -281,14 +283,7 @@ async fn a_stopped_worker_hands_its_events_back_at_once() {
         topic_stats(&w1).await["in_flight"].as_u64().unwrap_or(0) > 0
     })
     .await;
-    let pid = w1.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&w1);
     assert!(w1.child.wait().unwrap().success());
     let _w2 = gateway_with_ack_wait(
         dir.path(),

@@ -54,6 +54,15 @@ pub fn spawn(args: &[&str]) -> Proc {
     Proc { child, url }
 }
 
+/// Sends SIGTERM to `p` (a graceful stop).
+pub fn sigterm(p: &Proc) {
+    let status = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// A sink-sim with these extra arguments.
 pub fn sink(extra: &[&str]) -> Proc {
     let mut args = vec!["sink-sim", "--listen", "127.0.0.1:0"];

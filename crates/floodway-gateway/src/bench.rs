@@ -57,6 +57,8 @@ pub struct Scenario {
     /// Whether producers honour Retry-After.
     #[serde(default)]
     pub honour_retry_after: bool,
+    /// Bytes per event body (default 128); large bodies make memory growth visible.
+    pub body_size: Option<usize>,
     /// The topic's backlog bound (default: ten seconds of capacity).
     pub max_backlog_events: Option<u64>,
     /// The strategies to compare (default: all four).
@@ -181,7 +183,7 @@ async fn run_one(s: &Scenario, strategy: Strategy) -> anyhow::Result<Outcome> {
             connections: 128,
             arrival: load::Arrival::Poisson,
             schedule: s.load_schedule.clone(),
-            body_size: 128,
+            body_size: s.body_size.unwrap_or(128),
             batch: 1,
             priority_mix: s.priority_mix.clone(),
             honour_retry_after: s.honour_retry_after,

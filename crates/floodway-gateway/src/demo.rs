@@ -238,13 +238,26 @@ pub async fn run(args: Args) -> anyhow::Result<PathBuf> {
         sinks["end_to_end_ms"]["p50"], sinks["end_to_end_ms"]["p99"]
     );
     println!("dead letters: {}", topic["dead_letters"]);
+    let steps = convergence(&samples);
+    for c in &steps {
+        match c.seconds {
+            Some(secs) => println!(
+                "capacity -> {:.0}/s at t={:.0}s: delivery within 5% of it after {secs:.1} s",
+                c.capacity, c.at
+            ),
+            None => println!(
+                "capacity -> {:.0}/s at t={:.0}s: delivery never came within 5% of it",
+                c.capacity, c.at
+            ),
+        }
+    }
     std::fs::create_dir_all(&args.report)?;
     let charts = charts(&report, &samples);
     for (name, svg) in &charts {
         std::fs::write(args.report.join(format!("{name}.svg")), svg)?;
     }
     let path = args.report.join("report.html");
-    std::fs::write(&path, render(&args, &report, &charts, undelivered))?;
+    std::fs::write(&path, render(&args, &report, &charts, undelivered, &steps))?;
     println!("report: {}", path.display());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(path)
@@ -409,11 +422,56 @@ fn charts(r: &load::Report, samples: &[Sample]) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// How the delivered rate followed one change of the sink's capacity.
+#[derive(Clone, Debug, PartialEq)]
+struct Convergence {
+    /// When the capacity changed (seconds into the run).
+    at: f64,
+    /// The new capacity (events/s).
+    capacity: f64,
+    /// Seconds until the delivered rate, over a 2 s window that starts after the change, was
+    /// first within 5% of the new capacity; `None` if it never was before the next change.
+    seconds: Option<f64>,
+}
+
+/// Reads, from the per-second samples, how long delivery took to settle at each new capacity.
+fn convergence(samples: &[Sample]) -> Vec<Convergence> {
+    const WINDOW: f64 = 2.0;
+    let mut out = Vec::new();
+    for i in 1..samples.len() {
+        let cap = samples[i].sink_capacity;
+        if cap == samples[i - 1].sink_capacity || cap <= 0.0 {
+            continue;
+        }
+        // The change happened between samples i-1 and i; count from i-1 (the last sample at the
+        // old capacity), so the figure is never flattered.
+        let start = i - 1;
+        let end = (i..samples.len())
+            .find(|&k| samples[k].sink_capacity != cap)
+            .unwrap_or(samples.len());
+        let seconds = (start..end).find_map(|j| {
+            let k = (start..=j)
+                .rev()
+                .find(|&k| samples[j].t - samples[k].t >= WINDOW)?;
+            let rate = (samples[j].sink_delivered - samples[k].sink_delivered)
+                / (samples[j].t - samples[k].t);
+            ((rate - cap).abs() <= 0.05 * cap).then(|| samples[j].t - samples[start].t)
+        });
+        out.push(Convergence {
+            at: samples[start].t,
+            capacity: cap,
+            seconds,
+        });
+    }
+    out
+}
+
 fn render(
     args: &Args,
     r: &load::Report,
     charts: &[(&'static str, String)],
     undelivered: i64,
+    steps: &[Convergence],
 ) -> String {
     let refused: u64 = r.refused.values().sum();
     let mut html = String::new();
@@ -427,6 +485,20 @@ fn render(
         r.accepted,
         r.accepted_latency.p99
     );
+    html.push_str("<table>");
+    for c in steps {
+        let _ = write!(
+            html,
+            "<tr><td>capacity to {:.0}/s at {:.0} s</td><td>{}</td></tr>",
+            c.capacity,
+            c.at,
+            c.seconds.map_or_else(
+                || "delivery never within 5% of it".to_owned(),
+                |s| format!("delivery within 5% of it after {s:.1} s")
+            )
+        );
+    }
+    html.push_str("</table>");
     for (_, svg) in charts {
         html.push_str("<div>");
         html.push_str(svg);
@@ -434,4 +506,64 @@ fn render(
     }
     html.push_str("</body></html>\n");
     html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples one per second: the sink's capacity and the delivered rate in each second.
+    fn samples(seconds: &[(f64, f64)]) -> Vec<Sample> {
+        let mut delivered = 0.0;
+        seconds
+            .iter()
+            .enumerate()
+            .map(|(t, &(capacity, rate))| {
+                delivered += rate;
+                Sample {
+                    t: t as f64,
+                    sink_delivered: delivered,
+                    sink_capacity: capacity,
+                    ..Sample::default()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn convergence_is_read_per_capacity_change() {
+        // 200/s, then 100/s from t=3 (delivery overshoots for two seconds), then 200/s from t=9
+        // (delivery reaches it after climbing for three seconds), then it never settles.
+        let s = samples(&[
+            (200.0, 200.0),
+            (200.0, 200.0),
+            (200.0, 200.0),
+            (100.0, 180.0),
+            (100.0, 140.0),
+            (100.0, 100.0),
+            (100.0, 100.0),
+            (100.0, 100.0),
+            (100.0, 100.0),
+            (200.0, 120.0),
+            (200.0, 160.0),
+            (200.0, 200.0),
+            (200.0, 200.0),
+            (200.0, 200.0),
+            (50.0, 200.0),
+            (50.0, 200.0),
+            (50.0, 200.0),
+        ]);
+        let c = convergence(&s);
+        assert_eq!(c.len(), 3);
+        // Window (k, j]: the first 2 s window starting at t=2 whose rate is 100 ± 5 ends at t=6.
+        assert_eq!(
+            (c[0].at, c[0].capacity, c[0].seconds),
+            (2.0, 100.0, Some(4.0))
+        );
+        assert_eq!(
+            (c[1].at, c[1].capacity, c[1].seconds),
+            (8.0, 200.0, Some(4.0))
+        );
+        assert_eq!((c[2].at, c[2].capacity, c[2].seconds), (13.0, 50.0, None));
+    }
 }

@@ -31,7 +31,11 @@ async fn a_short_demo_writes_its_report_with_every_plot() {
         stdout.contains("acknowledged but not delivered: 0"),
         "{stdout}"
     );
+    // The convergence after each capacity step is read from the run (100/s halves, then recovers).
+    assert!(stdout.contains("capacity -> 50/s at t="), "{stdout}");
+    assert!(stdout.contains("capacity -> 100/s at t="), "{stdout}");
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("capacity to 50/s at"));
     for title in [
         "Offered vs accepted vs delivered",
         "Backlog",

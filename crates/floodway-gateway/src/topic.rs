@@ -30,7 +30,14 @@ use crate::store::{DeadEvent, Feed, Lease, Settle, Store, StoredEvent, now_ms};
 pub struct Job {
     event: StoredEvent,
     lease: Option<Box<dyn Lease>>,
+    /// Attempts made before this hand-over (a retry waiting outside a worker comes back here).
+    attempts: u32,
+    last_error: String,
 }
+
+/// At most this many refused events wait out their backoff outside a worker; beyond it, a worker
+/// waits with its event (memory stays bounded however long the sink refuses).
+const MAX_WAITING_RETRIES: usize = 256;
 
 /// How often a topic on a shared backend reads the cluster's backlog.
 const BACKLOG_POLL: Duration = Duration::from_millis(250);
@@ -137,8 +144,11 @@ pub struct Topic {
     /// Signalled whenever a worker finishes with an event: room for the shared feed to fetch.
     finished: Notify,
     pool: Mutex<Option<ElasticPool>>,
-    /// The hand-over queue of a shared feed, kept to give its leases back at shutdown.
+    /// The hand-over queue, kept for retries coming back to it and, with a shared feed, to give
+    /// leases back at shutdown.
     handover: Mutex<Option<Queue<Job>>>,
+    /// Refused events waiting out their backoff outside a worker.
+    waiting_retries: std::sync::atomic::AtomicUsize,
     /// The shared feed's dispatcher, awaited at shutdown so no pull request is left open.
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stopping: tokio::sync::watch::Sender<bool>,
@@ -237,6 +247,7 @@ impl Topic {
             finished: Notify::new(),
             pool: Mutex::new(None),
             handover: Mutex::new(None),
+            waiting_retries: std::sync::atomic::AtomicUsize::new(0),
             dispatcher: Mutex::new(None),
             stopping: tokio::sync::watch::channel(false).0,
             config,
@@ -526,9 +537,9 @@ impl Topic {
             })
             .expect("valid pool");
         *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+        *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
         match feed {
             Some(feed) => {
-                *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
                 let task = tokio::spawn(self.clone().dispatch_shared(feed, queue));
                 *self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
             }
@@ -661,6 +672,8 @@ impl Topic {
                 let job = Job {
                     event: e,
                     lease: None,
+                    attempts: 0,
+                    last_error: String::new(),
                 };
                 if queue.push(job).await.is_err() {
                     return; // closed at shutdown
@@ -696,6 +709,8 @@ impl Topic {
                 let job = Job {
                     event,
                     lease: Some(lease),
+                    attempts: 0,
+                    last_error: String::new(),
                 };
                 // Never full: at most twice the concurrency limit is asked for, and the queue
                 // holds more than that; closed only at shutdown.
@@ -732,14 +747,17 @@ impl Topic {
         capped.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 
-    async fn deliver(&self, job: Job, store: &dyn Store, sink: &Sink) {
+    async fn deliver(self: &Arc<Self>, job: Job, store: &dyn Store, sink: &Sink) {
         let Job {
             event: e,
             mut lease,
+            attempts,
+            mut last_error,
         } = job;
         let bytes = e.event.body.len() as u64;
-        let mut attempt = lease.as_ref().map_or(0, |l| l.earlier_attempts());
-        let mut last_error = String::new();
+        let mut attempt = lease
+            .as_ref()
+            .map_or(attempts, |l| l.earlier_attempts().max(attempts));
         loop {
             let now = now_ms();
             if e.event.deadline_ms.is_some_and(|d| d <= now) {
@@ -811,6 +829,39 @@ impl Topic {
                         if let Err(err) = l.settle(Settle::Retry(wait)).await {
                             tracing::warn!(topic = %self.name, error = %err, "nak not recorded; the event returns after the ack wait");
                         }
+                        return;
+                    }
+                    // Embedded: the event waits outside the worker, which goes on with others (a
+                    // burst of refusals must not idle the pool for a whole Retry-After), and comes
+                    // back through the queue. The event stays stored meanwhile.
+                    let queue = self
+                        .handover
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    let room = queue.is_some()
+                        && self.waiting_retries.fetch_add(1, Ordering::AcqRel)
+                            < MAX_WAITING_RETRIES;
+                    if !room && queue.is_some() {
+                        // Too many wait outside already: this worker waits with its event.
+                        self.waiting_retries.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    if let (true, Some(queue)) = (room, queue) {
+                        let topic = self.clone();
+                        let job = Job {
+                            event: e,
+                            lease: None,
+                            attempts: attempt,
+                            last_error,
+                        };
+                        tokio::spawn(async move {
+                            let waited = topic.unless_stopping(tokio::time::sleep(wait)).await;
+                            topic.waiting_retries.fetch_sub(1, Ordering::AcqRel);
+                            if waited.is_some() {
+                                // Closed only at shutdown: the event is read again at the next start.
+                                let _ = queue.push(job).await;
+                            }
+                        });
                         return;
                     }
                     if self

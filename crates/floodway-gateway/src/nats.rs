@@ -6,9 +6,9 @@
 //!   refuses the publish rather than dropping old events), duplicate window = the idempotency
 //!   window. A `202` is sent only after JetStream's publish ack.
 //! - Delivery: one durable pull consumer `floodway` per topic, shared by every process that
-//!   delivers. `max_ack_pending` is the topic's `concurrency.max`, so however many workers run,
-//!   the sink never sees more deliveries in flight than that; each process fetches only as many
-//!   events as its own adaptive limit has room for.
+//!   delivers. `max_ack_pending` starts at the topic's `concurrency.max` and follows the adaptive
+//!   concurrency limit of the processes that deliver, so however many workers run, the sink sees
+//!   one total limit; each process fetches only as many events as its own limit has room for.
 //! - Dead letters: stream `FLOODWAY_D_<topic>` on `floodway.dead.<topic>`, limits retention.
 //!
 //! Stream and subject names keep the topic readable; a `.` in a topic becomes `~` in the stream
@@ -50,6 +50,7 @@ struct Handles {
     events: stream::Stream,
     dead: stream::Stream,
     consumer: consumer::PullConsumer,
+    consumer_config: consumer::pull::Config,
 }
 
 /// The NATS JetStream backend.
@@ -153,7 +154,7 @@ impl NatsStore {
             num_replicas: 0,
             ..Default::default()
         };
-        let consumer = match events.create_consumer(wanted).await {
+        let consumer = match events.create_consumer(wanted.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 // Another process may have created it with other settings; use it as it is.
@@ -170,6 +171,7 @@ impl NatsStore {
             events,
             dead,
             consumer,
+            consumer_config: wanted,
         })
     }
 
@@ -443,6 +445,24 @@ impl Store for NatsStore {
             if let Err(e) = self.client.flush().await {
                 tracing::warn!(error = %e, "could not flush to NATS; unsettled events return after the ack wait");
             }
+        })
+    }
+
+    fn set_shared_limit(&self, topic: &str, limit: usize) -> BoxFuture<'_, Result<(), StoreError>> {
+        let handles = self.handles(topic);
+        Box::pin(async move {
+            let h = handles?;
+            let config = consumer::pull::Config {
+                max_ack_pending: limit as i64,
+                ..h.consumer_config
+            };
+            // Creating a durable consumer that exists with only editable fields changed updates
+            // it (what servers before 2.10 offer for an update).
+            h.events
+                .create_consumer(config)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
         })
     }
 

@@ -177,6 +177,15 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
+    /// Sets how many events of the topic may be out for delivery at once across every process
+    /// sharing its backlog (a shared backend follows the adaptive concurrency limit with it).
+    fn set_shared_limit(
+        &self,
+        _topic: &str,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// The backlog as the whole cluster sees it, for a backend shared by several processes;
     /// `None` means this process's own accounting is the whole truth.
     fn shared_backlog(&self, _topic: &str) -> BoxFuture<'_, Result<Option<Backlog>, StoreError>> {

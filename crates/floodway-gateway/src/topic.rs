@@ -41,6 +41,8 @@ const MAX_WAITING_RETRIES: usize = 256;
 
 /// How often a topic on a shared backend reads the cluster's backlog.
 const BACKLOG_POLL: Duration = Duration::from_millis(250);
+/// How often, at most, the shared delivery limit is brought to this process's adaptive limit.
+const SHARED_LIMIT_EVERY: Duration = Duration::from_secs(2);
 /// How long a shared feed waits for an event before looking again.
 const FEED_WAIT: Duration = Duration::from_secs(1);
 
@@ -459,6 +461,14 @@ impl Topic {
         })
     }
 
+    /// True when this process delivers the topic (it has a worker pool).
+    fn delivers(&self) -> bool {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Figures for `GET /v1/topics/{topic}` and `/metrics`.
     pub fn stats(&self) -> serde_json::Value {
         let now = Instant::now();
@@ -593,7 +603,22 @@ impl Topic {
     /// Keeps the cluster-wide backlog, its age, and the arrival and drain rates current.
     async fn watch_backlog(self: Arc<Self>, store: Arc<dyn Store>) {
         let mut stopping = self.stopping.subscribe();
+        let mut shared_limit = self.config.concurrency.max;
+        let mut last_set = Instant::now();
         loop {
+            // The cluster-wide limit (the consumer's max_ack_pending) follows this process's
+            // adaptive limit, when it delivers: every few seconds, and only on a real change.
+            let limit = self.limiter.stats().limit;
+            let moved = limit.abs_diff(shared_limit) > shared_limit / 10;
+            if self.delivers() && moved && last_set.elapsed() >= SHARED_LIMIT_EVERY {
+                match store.set_shared_limit(&self.name, limit).await {
+                    Ok(()) => shared_limit = limit,
+                    Err(e) => {
+                        tracing::warn!(topic = %self.name, error = %e, "cannot update the shared delivery limit");
+                    }
+                }
+                last_set = Instant::now();
+            }
             // What this process stored before the read is in the read; later stores are
             // counted twice until the next one, which errs on the side of refusing.
             let (e, b) = (

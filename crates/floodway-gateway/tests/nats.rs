@@ -234,6 +234,45 @@ async fn two_gateways_share_one_stream_within_one_concurrency_limit() {
     assert_eq!(sa["backlog_scope"], "cluster");
 }
 
+/// The `orders` consumer's max_ack_pending: the delivery limit shared by every process.
+async fn shared_limit(url: &str) -> i64 {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let stream = js.get_stream("FLOODWAY_E_orders").await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("floodway").await.unwrap();
+    consumer.info().await.unwrap().config.max_ack_pending
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_delivery_limit_follows_the_adaptive_one() {
+    if !have_nats("the_shared_delivery_limit_follows_the_adaptive_one") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = start_nats(dir.path(), "n1", None);
+    // Every delivery fails: AIMD backs off, and the cluster-wide limit must follow it down.
+    let sink = sink(&["--rate", "10000", "--error-rate", "1.0"]);
+    let extra = "concurrency = { algorithm = \"aimd\", min = 1, max = 32 }\n\
+                 retry = { max_attempts = 1000, base = \"10ms\", max = \"50ms\" }";
+    let gw = gateway(dir.path(), "a", "both", &nats.url, &sink.url, extra);
+    assert_eq!(
+        shared_limit(&nats.url).await,
+        32,
+        "starts at the configured maximum"
+    );
+    send_alternately(&[&gw], 50).await;
+    wait_for(
+        Duration::from_secs(20),
+        "the consumer's max_ack_pending below 32",
+        || async { shared_limit(&nats.url).await < 32 },
+    )
+    .await;
+    let local = topic_stats(&gw).await["concurrency_limit"]
+        .as_i64()
+        .unwrap();
+    assert!(local < 32, "the adaptive limit went down too: {local}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_events_are_redelivered_by_another() {
     if !have_nats("a_killed_worker_s_events_are_redelivered_by_another") {

@@ -452,6 +452,79 @@ async fn stream_leader(urls: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_stream_takes_in_part_lists_what_was_stored_and_a_resend_completes_it() {
+    if !have_nats(
+        "a_batch_the_stream_takes_in_part_lists_what_was_stored_and_a_resend_completes_it",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = start_nats(dir.path(), "n1", None);
+    let sink = sink(&["--rate", "10000"]);
+    // The gateway admits the batch on its body bytes (30 x 100 of 4096); the stream counts whole
+    // messages (subject and record header too) against the same 4096 and takes only part of it.
+    let extra = "max_backlog_bytes = 4096\nmax_event_bytes = 1024";
+    let ingest = gateway(dir.path(), "in", "ingest", &nats.url, &sink.url, extra);
+    let batch: String = (0..30)
+        .map(|i| format!("{{\"i\":{i},\"pad\":\"{}\"}}\n", "x".repeat(83)))
+        .collect();
+    let send = || {
+        reqwest::Client::new()
+            .post(events_url(&ingest))
+            .header("content-type", "application/x-ndjson")
+            .header("floodway-priority", "critical")
+            .header("idempotency-key", "batch-1")
+            .body(batch.clone())
+            .send()
+    };
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let p: serde_json::Value = r.json().await.unwrap();
+    let stored: Vec<String> = p["stored_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{p}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !stored.is_empty() && stored.len() < 30,
+        "part of the batch: {p}"
+    );
+    // A worker drains the stream; the same batch sent again stores only the missing lines.
+    let _worker = gateway(dir.path(), "w", "worker", &nats.url, &sink.url, extra);
+    wait_for(
+        Duration::from_secs(20),
+        "the first part delivered",
+        || async { sink_ids(&sink, "orders").await.len() == stored.len() },
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "an empty backlog seen", || async {
+        topic_stats(&ingest).await["backlog_events"] == 0
+    })
+    .await;
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["accepted"], 30);
+    assert_eq!(b["duplicates"], stored.len());
+    let ids: Vec<String> = b["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        &ids[..stored.len()],
+        &stored[..],
+        "the stored lines keep their ids"
+    );
+    let all: HashSet<String> = ids.into_iter().collect();
+    wait_delivered(&sink, &all, Duration::from_secs(20)).await;
+    assert_eq!(sink_ids(&sink, "orders").await.len(), 30, "each line once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nats_node_loses_no_acknowledged_event_and_nobody_hangs() {
     if !have_nats("a_dead_nats_node_loses_no_acknowledged_event_and_nobody_hangs") {
         return;

@@ -16,42 +16,54 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn floodway_run(producers: u64) {
-    let q = Queue::builder()
+/// A bounded queue that makes producers wait when full, as the channels beside it do.
+fn blocking_queue() -> Queue<u64> {
+    Queue::builder()
         .max_items(CAPACITY)
         .overflow(Overflow::Block)
         .dead_letter(|_l: DeadLetter<u64>| {
             unreachable!("a blocking queue without deadlines drops nothing")
         })
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Spawns `producers` tasks, each given a clone of `tx` and its share of `ITEMS` to send with
+/// `produce`; returns how many items the consumer must take. `tx` itself is dropped here, so a
+/// channel closes once the producers are done.
+fn spawn_producers<T, F, Fut>(producers: u64, tx: T, produce: F) -> u64
+where
+    T: Clone,
+    F: Fn(T, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let per = ITEMS / producers;
     for _ in 0..producers {
-        let q = q.clone();
-        tokio::spawn(async move {
-            for i in 0..per {
-                q.push(i).await.unwrap();
-            }
-        });
+        tokio::spawn(produce(tx.clone(), per));
     }
-    for _ in 0..per * producers {
+    per * producers
+}
+
+async fn floodway_run(producers: u64) {
+    let q = blocking_queue();
+    let total = spawn_producers(producers, q.clone(), |q, n| async move {
+        for i in 0..n {
+            q.push(i).await.unwrap();
+        }
+    });
+    for _ in 0..total {
         std::hint::black_box(q.pop().await.unwrap());
     }
 }
 
 async fn tokio_run(producers: u64) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(CAPACITY);
-    let per = ITEMS / producers;
-    for _ in 0..producers {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            for i in 0..per {
-                tx.send(i).await.unwrap();
-            }
-        });
-    }
-    drop(tx);
-    for _ in 0..per * producers {
+    let total = spawn_producers(producers, tx, |tx, n| async move {
+        for i in 0..n {
+            tx.send(i).await.unwrap();
+        }
+    });
+    for _ in 0..total {
         std::hint::black_box(rx.recv().await.unwrap());
     }
 }
@@ -60,17 +72,12 @@ async fn tokio_run(producers: u64) {
 /// computed when received. The baseline for equal functionality.
 async fn tokio_timestamped_run(producers: u64) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, u64)>(CAPACITY);
-    let per = ITEMS / producers;
-    for _ in 0..producers {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            for i in 0..per {
-                tx.send((tokio::time::Instant::now(), i)).await.unwrap();
-            }
-        });
-    }
-    drop(tx);
-    for _ in 0..per * producers {
+    let total = spawn_producers(producers, tx, |tx, n| async move {
+        for i in 0..n {
+            tx.send((tokio::time::Instant::now(), i)).await.unwrap();
+        }
+    });
+    for _ in 0..total {
         let (sent, item) = rx.recv().await.unwrap();
         std::hint::black_box((sent.elapsed(), item));
     }
@@ -78,43 +85,27 @@ async fn tokio_timestamped_run(producers: u64) {
 
 async fn flume_run(producers: u64) {
     let (tx, rx) = flume::bounded::<u64>(CAPACITY);
-    let per = ITEMS / producers;
-    for _ in 0..producers {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            for i in 0..per {
-                tx.send_async(i).await.unwrap();
-            }
-        });
-    }
-    drop(tx);
-    for _ in 0..per * producers {
+    let total = spawn_producers(producers, tx, |tx, n| async move {
+        for i in 0..n {
+            tx.send_async(i).await.unwrap();
+        }
+    });
+    for _ in 0..total {
         std::hint::black_box(rx.recv_async().await.unwrap());
     }
 }
 
 /// Batched consumers: floodway's `pop_many` beside tokio's `recv_many`, 64 at a time.
 async fn floodway_batched(producers: u64) {
-    let q = Queue::builder()
-        .max_items(CAPACITY)
-        .overflow(Overflow::Block)
-        .dead_letter(|_l: DeadLetter<u64>| {
-            unreachable!("a blocking queue without deadlines drops nothing")
-        })
-        .build()
-        .unwrap();
-    let per = ITEMS / producers;
-    for _ in 0..producers {
-        let q = q.clone();
-        tokio::spawn(async move {
-            for i in 0..per {
-                q.push(i).await.unwrap();
-            }
-        });
-    }
+    let q = blocking_queue();
+    let total = spawn_producers(producers, q.clone(), |q, n| async move {
+        for i in 0..n {
+            q.push(i).await.unwrap();
+        }
+    });
     let mut buf = Vec::with_capacity(64);
     let mut got = 0;
-    while got < per * producers {
+    while got < total {
         got += q.pop_many(&mut buf, 64).await as u64;
         std::hint::black_box(&buf);
         buf.clear();
@@ -123,19 +114,14 @@ async fn floodway_batched(producers: u64) {
 
 async fn tokio_batched(producers: u64) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(CAPACITY);
-    let per = ITEMS / producers;
-    for _ in 0..producers {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            for i in 0..per {
-                tx.send(i).await.unwrap();
-            }
-        });
-    }
-    drop(tx);
+    let total = spawn_producers(producers, tx, |tx, n| async move {
+        for i in 0..n {
+            tx.send(i).await.unwrap();
+        }
+    });
     let mut buf = Vec::with_capacity(64);
     let mut got = 0;
-    while got < per * producers {
+    while got < total {
         got += rx.recv_many(&mut buf, 64).await as u64;
         std::hint::black_box(&buf);
         buf.clear();

@@ -137,12 +137,14 @@ pub trait Store: Send + Sync + 'static {
         topic: &str,
         events: Vec<NewEvent>,
     ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>>;
-    /// Up to `max` events of `topic` with sequence numbers from `from`, in order.
+    /// Up to `max` events of `topic` with sequence numbers from `from`, in order. Used only by a
+    /// backend without a shared [`Feed`] (`feed` gives `None`).
     fn read_from(&self, topic: &str, from: u64, max: usize)
     -> Result<Vec<StoredEvent>, StoreError>;
-    /// Removes delivered events. Completes once the removal is queued for the next commit, not
-    /// when it is durable: an ack lost in a crash only means the event is delivered again (at least
-    /// once), so delivery need not wait for a sync.
+    /// Removes delivered events (a backend with a shared [`Feed`] settles leases instead).
+    /// Completes once the removal is queued for the next commit, not when it is durable: an ack
+    /// lost in a crash only means the event is delivered again (at least once), so delivery need
+    /// not wait for a sync.
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Moves an event to the topic's dead letters.
     fn dead_letter(&self, topic: &str, dead: DeadEvent) -> BoxFuture<'_, Result<(), StoreError>>;

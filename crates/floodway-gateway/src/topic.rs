@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{Algorithm, Rate, Strategy, TopicConfig};
-use crate::sink::Sink;
+use crate::sink::{Attempt, Sink};
 use crate::store::{DeadEvent, Feed, Lease, Settle, Store, StoredEvent, now_ms};
 
 /// An event on its way to a worker, with its lease when the backlog is shared.
@@ -33,6 +33,18 @@ pub struct Job {
     /// Attempts made before this hand-over (a retry waiting outside a worker comes back here).
     attempts: u32,
     last_error: String,
+}
+
+impl Job {
+    /// An event handed over for its first attempt here.
+    fn new(event: StoredEvent, lease: Option<Box<dyn Lease>>) -> Job {
+        Job {
+            event,
+            lease,
+            attempts: 0,
+            last_error: String::new(),
+        }
+    }
 }
 
 /// At most this many refused events wait out their backoff outside a worker; beyond it, a worker
@@ -143,7 +155,8 @@ pub struct Topic {
     /// Adaptive delivery pacing.
     pub pacer: crate::pacer::Pacer,
     appended: Notify,
-    /// Signalled whenever a worker finishes with an event: room for the shared feed to fetch.
+    /// On a shared backend, signalled whenever a worker finishes with an event: room for the
+    /// shared feed to fetch.
     finished: Notify,
     pool: Mutex<Option<ElasticPool>>,
     /// The hand-over queue, kept for retries coming back to it and, with a shared feed, to give
@@ -163,8 +176,6 @@ pub struct Topic {
     remote_bytes: AtomicU64,
     unpolled_events: AtomicU64,
     unpolled_bytes: AtomicU64,
-    /// The shared backlog's (removed, ever stored) counters at the last read.
-    last_totals: Mutex<Option<(u64, u64)>>,
 }
 
 fn quota(r: Rate) -> Quota {
@@ -258,7 +269,6 @@ impl Topic {
             remote_bytes: AtomicU64::new(0),
             unpolled_events: AtomicU64::new(0),
             unpolled_bytes: AtomicU64::new(0),
-            last_totals: Mutex::new(None),
         }
     }
 
@@ -461,14 +471,6 @@ impl Topic {
         })
     }
 
-    /// True when this process delivers the topic (it has a worker pool).
-    fn delivers(&self) -> bool {
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-    }
-
     /// Figures for `GET /v1/topics/{topic}` and `/metrics`.
     pub fn stats(&self) -> serde_json::Value {
         let now = Instant::now();
@@ -511,7 +513,7 @@ impl Topic {
         deliver: bool,
     ) -> Result<(), crate::store::StoreError> {
         if self.shared {
-            tokio::spawn(self.clone().watch_backlog(store.clone()));
+            tokio::spawn(self.clone().watch_backlog(store.clone(), deliver));
         }
         if !deliver {
             return Ok(());
@@ -542,7 +544,9 @@ impl Topic {
                 let (topic, store, sink) = (topic.clone(), st.clone(), sink.clone());
                 async move {
                     topic.deliver(job.item, &*store, &sink).await;
-                    topic.finished.notify_one();
+                    if topic.shared {
+                        topic.finished.notify_one();
+                    }
                 }
             })
             .expect("valid pool");
@@ -600,17 +604,20 @@ impl Topic {
         }
     }
 
-    /// Keeps the cluster-wide backlog, its age, and the arrival and drain rates current.
-    async fn watch_backlog(self: Arc<Self>, store: Arc<dyn Store>) {
+    /// Keeps the cluster-wide backlog, its age, and the arrival and drain rates current; when
+    /// this process `delivers`, also the cluster-wide delivery limit.
+    async fn watch_backlog(self: Arc<Self>, store: Arc<dyn Store>, delivers: bool) {
         let mut stopping = self.stopping.subscribe();
         let mut shared_limit = self.config.concurrency.max;
+        // The shared backlog's (removed, ever stored) counters at the last read.
+        let mut last_totals: Option<(u64, u64)> = None;
         let mut last_set = Instant::now();
         loop {
             // The cluster-wide limit (the consumer's max_ack_pending) follows this process's
             // adaptive limit, when it delivers: every few seconds, and only on a real change.
             let limit = self.limiter.stats().limit;
             let moved = limit.abs_diff(shared_limit) > shared_limit / 10;
-            if self.delivers() && moved && last_set.elapsed() >= SHARED_LIMIT_EVERY {
+            if delivers && moved && last_set.elapsed() >= SHARED_LIMIT_EVERY {
                 match store.set_shared_limit(&self.name, limit).await {
                     Ok(()) => shared_limit = limit,
                     Err(e) => {
@@ -635,12 +642,7 @@ impl Topic {
                         .store(backlog.oldest_ms.unwrap_or(0), Ordering::Release);
                     self.dead_letters.store(backlog.dead, Ordering::Release);
                     let totals = (backlog.removed, backlog.removed + backlog.events);
-                    let last = self
-                        .last_totals
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .replace(totals);
-                    if let Some((removed, stored)) = last {
+                    if let Some((removed, stored)) = last_totals.replace(totals) {
                         let now = Instant::now();
                         self.departures
                             .lock()
@@ -694,13 +696,7 @@ impl Topic {
                 // Delivery keeps the topic's order: priority decides admission (watermarks), not
                 // the order of delivery, which would starve low-priority events behind a steady
                 // stream of higher ones.
-                let job = Job {
-                    event: e,
-                    lease: None,
-                    attempts: 0,
-                    last_error: String::new(),
-                };
-                if queue.push(job).await.is_err() {
+                if queue.push(Job::new(e, None)).await.is_err() {
                     return; // closed at shutdown
                 }
             }
@@ -731,12 +727,7 @@ impl Topic {
             // Each event goes to the workers as it arrives. Once stopping, a worker hands it
             // straight back, as does `stop` for any left in the queue.
             let mut take = |(event, lease): crate::store::Leased| {
-                let job = Job {
-                    event,
-                    lease: Some(lease),
-                    attempts: 0,
-                    last_error: String::new(),
-                };
+                let job = Job::new(event, Some(lease));
                 // Never full: at most twice the concurrency limit is asked for, and the queue
                 // holds more than that; closed only at shutdown.
                 if let Err(refused) = queue.try_push(job) {
@@ -780,9 +771,7 @@ impl Topic {
             mut last_error,
         } = job;
         let bytes = e.event.body.len() as u64;
-        let mut attempt = lease
-            .as_ref()
-            .map_or(attempts, |l| l.earlier_attempts().max(attempts));
+        let mut attempt = lease.as_ref().map_or(attempts, |l| l.earlier_attempts());
         loop {
             let now = now_ms();
             if e.event.deadline_ms.is_some_and(|d| d <= now) {
@@ -813,7 +802,7 @@ impl Topic {
             };
             attempt += 1;
             match sink.deliver(&self.name, &e, attempt).await {
-                crate::sink::Attempt::Delivered => {
+                Attempt::Delivered => {
                     permit.success();
                     self.pacer.record(true);
                     // An ack that never lands (crash, store failure) only means the event is
@@ -829,13 +818,13 @@ impl Topic {
                     self.record_departure(bytes);
                     return;
                 }
-                crate::sink::Attempt::Permanent { error } => {
+                Attempt::Permanent { error } => {
                     permit.success();
                     return self
                         .bury(store, e, "permanent", error, attempt, bytes, lease)
                         .await;
                 }
-                crate::sink::Attempt::Retry { after, error } => {
+                Attempt::Retry { after, error } => {
                     permit.dropped();
                     self.pacer.record(false);
                     tracing::debug!(topic = %self.name, seq = e.seq, attempt, %error, "delivery failed");
@@ -859,19 +848,8 @@ impl Topic {
                     // Embedded: the event waits outside the worker, which goes on with others (a
                     // burst of refusals must not idle the pool for a whole Retry-After), and comes
                     // back through the queue. The event stays stored meanwhile.
-                    let queue = self
-                        .handover
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    let room = queue.is_some()
-                        && self.waiting_retries.fetch_add(1, Ordering::AcqRel)
-                            < MAX_WAITING_RETRIES;
-                    if !room && queue.is_some() {
-                        // Too many wait outside already: this worker waits with its event.
-                        self.waiting_retries.fetch_sub(1, Ordering::AcqRel);
-                    }
-                    if let (true, Some(queue)) = (room, queue) {
+                    // Beyond MAX_WAITING_RETRIES, this worker waits with its event.
+                    if let Some(queue) = self.retry_slot() {
                         let topic = self.clone();
                         let job = Job {
                             event: e,
@@ -899,6 +877,22 @@ impl Topic {
                 }
             }
         }
+    }
+
+    /// The hand-over queue, with a place counted for one more retry waiting outside a worker, or
+    /// `None` when there is no queue or MAX_WAITING_RETRIES already wait.
+    fn retry_slot(&self) -> Option<Queue<Job>> {
+        let queue = self
+            .handover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        self.waiting_retries
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_WAITING_RETRIES).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| queue)
     }
 
     /// Runs `f` unless the topic is stopping first (`None`).

@@ -1,32 +1,28 @@
 //! `floodway bench` on a tiny scenario: it runs every strategy named, writes one report, and its
 //! figures tell the strategies apart (floodway loses nothing it acknowledged; drop does).
 
+mod common;
+
 use std::time::Duration;
+
+use common::run_ok;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_compares_strategies_in_one_report() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/bench-tiny.toml");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_floodway"))
-        .args([
+    run_ok(
+        &[
             "bench",
             "--scenario",
             scenario,
             "--check",
             "--report",
             dir.path().to_str().unwrap(),
-        ])
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(150), out)
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+        Duration::from_secs(150),
+    )
+    .await;
     let report = std::fs::read_to_string(dir.path().join("tiny.md")).unwrap();
     let row = |name: &str| -> Vec<String> {
         let line = report

@@ -1,13 +1,17 @@
 //! A short `floodway demo` run: it must finish, lose nothing, and write its report with its plots.
 
+mod common;
+
 use std::time::Duration;
+
+use common::run_ok;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_demo_writes_its_report_with_every_plot() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_floodway"))
-        .args([
+    let stdout = run_ok(
+        &[
             "demo",
             "--duration",
             "4s",
@@ -15,18 +19,10 @@ async fn a_short_demo_writes_its_report_with_every_plot() {
             "100",
             "--report",
             report.to_str().unwrap(),
-        ])
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(150), out)
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+        Duration::from_secs(150),
+    )
+    .await;
     assert!(
         stdout.contains("acknowledged but not delivered: 0"),
         "{stdout}"

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Proc, expire_and_replay, get_json, post_json, sigterm, sink, sink_ids, spawn, wait_for,
+    Proc, expire_and_replay, get_json, post_json, post_json_with, sigterm, sink, sink_ids, spawn,
+    wait_for,
 };
 
 /// True when `nats-server` can be run; otherwise reports the skip (or fails, when required).
@@ -187,14 +188,13 @@ async fn two_gateways_share_one_stream_within_one_concurrency_limit() {
     let client = reqwest::Client::new();
     let mut keyed = Vec::new();
     for gw in [&a, &b] {
-        let r = client
-            .post(events_url(gw))
-            .header("content-type", "application/json")
-            .header("idempotency-key", "order-17")
-            .body("{\"order\":17}")
-            .send()
-            .await
-            .unwrap();
+        let r = post_json_with(
+            &client,
+            &events_url(gw),
+            &[("idempotency-key", "order-17")],
+            "{\"order\":17}",
+        )
+        .await;
         assert_eq!(r.status(), 202);
         keyed.push(r.json::<serde_json::Value>().await.unwrap());
     }
@@ -388,14 +388,13 @@ async fn a_full_stream_is_429_at_every_gateway_and_holds_exactly_what_was_acknow
     let (mut accepted, mut refused_503) = (0u64, 0u64);
     for i in 0..30 {
         let gw = if i % 2 == 0 { &a } else { &b };
-        let r = client
-            .post(events_url(gw))
-            .header("content-type", "application/json")
-            .header("floodway-priority", "critical")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let r = post_json_with(
+            &client,
+            &events_url(gw),
+            &[("floodway-priority", "critical")],
+            "{}",
+        )
+        .await;
         match r.status().as_u16() {
             202 => accepted += 1,
             503 => {

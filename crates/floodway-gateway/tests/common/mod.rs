@@ -122,13 +122,43 @@ pub async fn sink_ids(sink: &Proc, topic: &str) -> std::collections::HashSet<Str
 
 /// POSTs `body` as `application/json`.
 pub async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> reqwest::Response {
-    client
+    post_json_with(client, url, &[], body).await
+}
+
+/// POSTs `body` as `application/json` with these extra headers.
+pub async fn post_json_with(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> reqwest::Response {
+    let mut request = client
         .post(url)
         .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// Runs `floodway ARGS` to completion (at most `limit`), asserts it succeeded, and returns its
+/// standard output.
+pub async fn run_ok(args: &[&str], limit: Duration) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_floodway"))
+        .args(args)
+        .output();
+    let out = tokio::time::timeout(limit, out)
         .await
-        .unwrap()
+        .expect("the command finishes in time")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// POSTs `n` small JSON events one by one, asserts each got `202`, and returns their ids.
@@ -154,14 +184,13 @@ pub async fn send_events(
 /// the replayed event at the sink. `ingest` and `admin` are gateway base URLs.
 pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
     let client = reqwest::Client::new();
-    let r = client
-        .post(format!("{ingest}/v1/topics/orders/events"))
-        .header("content-type", "application/json")
-        .header("floodway-ttl", "300ms")
-        .body(r#"{"late":true}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json_with(
+        &client,
+        &format!("{ingest}/v1/topics/orders/events"),
+        &[("floodway-ttl", "300ms")],
+        r#"{"late":true}"#,
+    )
+    .await;
     assert_eq!(r.status(), 202);
     let dl_url = format!("{admin}/v1/topics/orders/dead-letters");
     wait_for(

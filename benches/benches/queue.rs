@@ -4,7 +4,7 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use floodway::{DeadLetter, Overflow, Queue};
+use floodway::{Clock, DeadLetter, Overflow, Queue};
 
 const ITEMS: u64 = 20_000;
 const CAPACITY: usize = 1024;
@@ -17,8 +17,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A bounded queue that makes producers wait when full, as the channels beside it do.
-fn blocking_queue() -> Queue<u64> {
+fn blocking_queue(clock: Clock) -> Queue<u64> {
     Queue::builder()
+        .clock(clock)
         .max_items(CAPACITY)
         .overflow(Overflow::Block)
         .dead_letter(|_l: DeadLetter<u64>| {
@@ -44,8 +45,8 @@ where
     per * producers
 }
 
-async fn floodway_run(producers: u64) {
-    let q = blocking_queue();
+async fn floodway_run(producers: u64, clock: Clock) {
+    let q = blocking_queue(clock);
     let total = spawn_producers(producers, q.clone(), |q, n| async move {
         for i in 0..n {
             q.push(i).await.unwrap();
@@ -97,7 +98,7 @@ async fn flume_run(producers: u64) {
 
 /// Batched consumers: floodway's `pop_many` beside tokio's `recv_many`, 64 at a time.
 async fn floodway_batched(producers: u64) {
-    let q = blocking_queue();
+    let q = blocking_queue(Clock::tokio());
     let total = spawn_producers(producers, q.clone(), |q, n| async move {
         for i in 0..n {
             q.push(i).await.unwrap();
@@ -170,7 +171,10 @@ fn bench(c: &mut Criterion) {
     for producers in [1u64, 2] {
         let name = if producers == 1 { "spsc" } else { "mpsc2" };
         g.bench_function(BenchmarkId::new("floodway", name), |b| {
-            b.iter(|| rt.block_on(floodway_run(producers)))
+            b.iter(|| rt.block_on(floodway_run(producers, Clock::tokio())))
+        });
+        g.bench_function(BenchmarkId::new("floodway_tsc", name), |b| {
+            b.iter(|| rt.block_on(floodway_run(producers, Clock::tsc())))
         });
         g.bench_function(BenchmarkId::new("tokio_mpsc", name), |b| {
             b.iter(|| rt.block_on(tokio_run(producers)))

@@ -1,6 +1,6 @@
-//! GCRA `check` beside governor's, in the same run. floodway reads `tokio::time::Instant` (the
-//! monotonic clock); governor is measured with the same clock (`MonotonicClock`) and with its
-//! default fast clock (`QuantaClock`). The quota never runs out, so every check is an allowed one:
+//! GCRA `check` beside governor's, in the same run, each on both of its clocks: floodway on
+//! `tokio::time::Instant` (its default) and on the CPU counter (`Clock::tsc`), governor on the
+//! monotonic clock (`MonotonicClock`) and on its default counter clock (`QuantaClock`). The quota never runs out, so every check is an allowed one:
 //! the common path.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
@@ -17,6 +17,12 @@ fn bench(c: &mut Criterion) {
     let ours = floodway::RateLimiter::new(floodway::Quota::per_second(big));
     g.bench_function("floodway", |b| {
         b.iter(|| std::hint::black_box(ours.check()).is_ok())
+    });
+
+    let tsc =
+        floodway::RateLimiter::with_clock(floodway::Quota::per_second(big), floodway::Clock::tsc());
+    g.bench_function("floodway_tsc", |b| {
+        b.iter(|| std::hint::black_box(tsc.check()).is_ok())
     });
 
     let quota = governor::Quota::per_second(big);

@@ -42,8 +42,9 @@
 //! # }
 //! ```
 //!
-//! This crate does no network or disk I/O; all time is read from [`tokio::time::Instant`], so every
-//! behaviour can be tested with paused time.
+//! This crate does no network or disk I/O. By default all time is read from
+//! [`tokio::time::Instant`], so every behaviour can be tested with paused time; hot paths can read
+//! the CPU's counter instead (see [`Clock`]).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -52,6 +53,7 @@
     rust_2018_idioms
 )]
 
+pub mod clock;
 pub mod dead_letter;
 pub mod elastic;
 pub mod limit;
@@ -64,6 +66,7 @@ pub mod shed;
 #[cfg(feature = "tower")]
 pub mod layer;
 
+pub use clock::Clock;
 pub use dead_letter::{DeadLetter, DropReason};
 pub use elastic::ElasticPool;
 pub use limit::{ConcurrencyLimiter, KeyedRateLimiter, Quota, RateLimiter};

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use super::queue::{Queue, Weigher};
 use super::{BuildError, Overflow};
-use crate::Observer;
 use crate::dead_letter::DeadLetterSink;
 use crate::observe::Reporter;
 use crate::pressure::RetryBounds;
 use crate::shed::CoDel;
+use crate::{Clock, Observer};
 
 /// Builds a [`Queue`]; see [`Queue::builder`].
 pub struct QueueBuilder<T> {
@@ -24,6 +24,7 @@ pub struct QueueBuilder<T> {
     pub(super) drain_time_constant: Duration,
     pub(super) observer: Option<Arc<dyn Observer>>,
     pub(super) name: String,
+    pub(super) clock: Clock,
 }
 
 impl<T> fmt::Debug for QueueBuilder<T> {
@@ -53,7 +54,16 @@ impl<T> QueueBuilder<T> {
             drain_time_constant: Duration::from_secs(2),
             observer: None,
             name: "queue".into(),
+            clock: Clock::tokio(),
         }
+    }
+
+    /// Where the queue reads the time for sojourn, deadlines and its drain rate (default
+    /// [`Clock::tokio`]). [`Clock::tsc`] takes the clock off the hot path; deadlines are still
+    /// compared with `tokio::time::Instant`s, anchored when the queue is built.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The most items held at once (default 1024).

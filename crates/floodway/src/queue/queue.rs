@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::builder::QueueBuilder;
 use super::{Admitted, BuildError, Meta, Overflow, PopError, PushError};
 use crate::Priority;
+use crate::clock::Epoch;
 use crate::dead_letter::{DeadLetter, DeadLetterSink, DropCounts, DropReason};
 use crate::observe::Reporter;
 use crate::pressure::{DrainRate, RetryBounds};
@@ -257,6 +258,7 @@ struct Shared<T> {
     lifo: bool,
     retry: RetryBounds,
     reporter: Reporter,
+    epoch: Epoch,
 }
 
 impl<T> Shared<T> {
@@ -509,7 +511,8 @@ impl<T> Queue<T> {
         dead_letter: Arc<dyn DeadLetterSink<T>>,
         reporter: Reporter,
     ) -> Self {
-        let now = Instant::now();
+        let epoch = b.clock.epoch();
+        let now = epoch.now();
         let state = State {
             classes: Default::default(),
             class_bytes: [0; CLASSES],
@@ -540,6 +543,7 @@ impl<T> Queue<T> {
                 lifo: b.lifo,
                 retry: b.retry,
                 reporter,
+                epoch,
             }),
         }
     }
@@ -560,7 +564,7 @@ impl<T> Queue<T> {
     /// `Closed`.
     pub fn try_push_with(&self, item: T, meta: Meta) -> Result<Admitted, PushError<T>> {
         let weight = self.shared.weigh(&item);
-        let now = Instant::now();
+        let now = self.shared.epoch.now();
         let mut graves = Vec::new();
         let (result, len, bytes, consumers) = {
             let mut st = self.shared.lock();
@@ -624,7 +628,7 @@ impl<T> Queue<T> {
     /// [`PopError::Empty`] when nothing is queued, [`PopError::Closed`] when nothing is queued and the
     /// queue is closed.
     pub fn try_pop(&self) -> Result<Popped<T>, PopError> {
-        let now = Instant::now();
+        let now = self.shared.epoch.now();
         let mut graves = Vec::new();
         let (popped, closed, wake) = {
             let mut st = self.shared.lock();
@@ -654,7 +658,7 @@ impl<T> Queue<T> {
         loop {
             let notified = self.shared.not_empty.notified();
             tokio::pin!(notified);
-            let now = Instant::now();
+            let now = self.shared.epoch.now();
             let mut graves = Vec::new();
             let (popped, closed, wake) = {
                 let mut st = self.shared.lock();
@@ -699,7 +703,7 @@ impl<T> Queue<T> {
         };
         let start = buf.len();
         buf.push(first);
-        let now = Instant::now();
+        let now = self.shared.epoch.now();
         let mut graves = Vec::new();
         let wake = {
             let mut st = self.shared.lock();
@@ -733,7 +737,7 @@ impl<T> Queue<T> {
 
     /// Dead-letters every queued item whose deadline has passed; returns how many.
     pub fn expire(&self) -> usize {
-        let now = Instant::now();
+        let now = self.shared.epoch.now();
         let mut graves = Vec::new();
         let waiters = {
             let mut st = self.shared.lock();
@@ -820,12 +824,12 @@ impl<T> Queue<T> {
     pub fn retry_after(&self, items: u64) -> Duration {
         let st = self.shared.lock();
         st.drain
-            .time_to_drain(items.max(1), Instant::now(), self.shared.retry)
+            .time_to_drain(items.max(1), self.shared.epoch.now(), self.shared.retry)
     }
 
     /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> QueueStats {
-        let now = Instant::now();
+        let now = self.shared.epoch.now();
         let st = self.shared.lock();
         QueueStats {
             len: st.len,
@@ -879,7 +883,7 @@ impl<T> PendingPush<'_, T> {
         loop {
             let notified = shared.not_full.notified();
             tokio::pin!(notified);
-            let now = Instant::now();
+            let now = self.shared.epoch.now();
             let mut graves = Vec::new();
             let item = self
                 .item

@@ -16,11 +16,22 @@ pub(crate) enum Decision {
 /// Tests `n` cells arriving at `now` against `tat`, all in nanoseconds.
 #[inline]
 pub(crate) fn decide(quota: Quota, tat: u64, now: u64, n: u32) -> Decision {
-    let burst = quota.burst.get();
+    decide_raw(
+        quota.interval.as_nanos() as u64,
+        quota.burst.get(),
+        tat,
+        now,
+        n,
+    )
+}
+
+/// [`decide`] on a quota given as its emission interval `t` (nanoseconds) and `burst`, the form a
+/// limiter keeps in atomics (no `Duration` round trip on the hot path).
+#[inline]
+pub(crate) fn decide_raw(t: u64, burst: u32, tat: u64, now: u64, n: u32) -> Decision {
     if n > burst {
         return Decision::Never;
     }
-    let t = quota.interval.as_nanos() as u64;
     let tau = t.saturating_mul(u64::from(burst));
     let new_tat = tat.max(now).saturating_add(t.saturating_mul(u64::from(n)));
     let allow_at = new_tat.saturating_sub(tau);

@@ -4,10 +4,9 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::gcra::{self, Decision};
 use super::{Allowed, InsufficientCapacity, KeyedRateError, Quota, RateLimited};
+use crate::clock::{Clock, Epoch};
 
 /// Counters of a [`KeyedRateLimiter`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,7 +53,7 @@ struct Table<K> {
 /// ```
 #[derive(Debug)]
 pub struct KeyedRateLimiter<K> {
-    start: Instant,
+    epoch: Epoch,
     max_keys: usize,
     sweep_every: Duration,
     table: Mutex<Table<K>>,
@@ -69,7 +68,7 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
     pub fn new(quota: Quota, max_keys: usize) -> Self {
         assert!(max_keys > 0, "max_keys must be at least 1");
         KeyedRateLimiter {
-            start: Instant::now(),
+            epoch: Clock::tokio().epoch(),
             max_keys,
             sweep_every: Duration::from_secs(10),
             table: Mutex::new(Table {
@@ -92,8 +91,14 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn nanos(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.start).as_nanos() as u64
+    /// Reads `clock` instead of tokio's; see [`Clock::tsc`]. Call before the first check.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.epoch = clock.epoch();
+        self
+    }
+
+    fn nanos(&self) -> u64 {
+        self.epoch.nanos()
     }
 
     /// The quota every key gets.
@@ -117,7 +122,7 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
 
     /// Forgets every idle key now; returns how many were forgotten.
     pub fn retain_recent(&self) -> usize {
-        let now = self.nanos(Instant::now());
+        let now = self.nanos();
         let mut t = self.lock();
         Self::sweep(&mut t, now)
     }
@@ -153,7 +158,7 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
     /// # Errors
     /// As [`check`](Self::check), and [`KeyedRateError::Insufficient`] when `n` exceeds the burst.
     pub fn check_n(&self, key: &K, n: NonZeroU32) -> Result<Allowed, KeyedRateError> {
-        let now = self.nanos(Instant::now());
+        let now = self.nanos();
         let mut t = self.lock();
         let quota = t.quota;
         if now.saturating_sub(t.last_sweep) >= self.sweep_every.as_nanos() as u64 {

@@ -15,6 +15,7 @@ mod sink;
 mod sinksim;
 mod store;
 mod topic;
+mod wal;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,8 +3,13 @@
 //! The embedded backend is [redb](https://docs.rs/redb): a pure-Rust, crash-safe B-tree with ACID
 //! transactions. One writer thread owns every write; requests that arrive while a commit is in
 //! progress are gathered into the next transaction (group commit), so under load many producers
-//! share one sync. A caller's future completes only after the commit that holds its events returned,
-//! which is what lets the gateway answer `202` only for events that are on disk.
+//! share one sync. Each group's transaction is committed without a sync, and its new events are
+//! written as one record to a write-ahead log ([`crate::wal`]) that is synced instead: one write
+//! and one `fdatasync` into preallocated space, several times quicker than a synced B-tree commit.
+//! Once a second (or when the log is half full) the store is synced and the log starts afresh; on
+//! opening, logged events the store lost in a crash are put back. A caller's future completes only
+//! after the log (or the store) holds its events on disk, which is what lets the gateway answer
+//! `202` only for events that are.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +23,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Fsync, TopicConfig};
+use crate::wal::Wal;
 
 /// A boxed future, so the store trait can be used as `Arc<dyn Store>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -370,6 +376,46 @@ pub fn decode_dead(b: &[u8]) -> Result<DeadEvent, StoreError> {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// The write-ahead log's size. A batch whose entries do not fit in what is left is synced by a
+/// checkpoint instead, so this bounds the log, not the batch.
+const WAL_SIZE: u64 = 16 << 20;
+/// How often the store is synced and the log started afresh (also whenever it is half full).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Appends one appended event to a log payload: `[topic len u16][topic][seq u64][len u32][event]`.
+fn log_entry(log: &mut Vec<u8>, topic: &str, seq: u64, event: &[u8]) {
+    log.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    log.extend_from_slice(topic.as_bytes());
+    log.extend_from_slice(&seq.to_le_bytes());
+    log.extend_from_slice(&(event.len() as u32).to_le_bytes());
+    log.extend_from_slice(event);
+}
+
+/// One logged event: its topic, sequence number and encoded record.
+type LogEntry<'a> = (String, u64, &'a [u8]);
+
+/// The entries of one log payload.
+fn log_entries(mut b: &[u8]) -> Result<Vec<LogEntry<'_>>, StoreError> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
+        let (head, rest) = b.split_at_checked(n).ok_or_else(bad)?;
+        *b = rest;
+        Ok(head)
+    }
+    fn bad() -> StoreError {
+        StoreError::Unavailable("corrupt write-ahead log entry".into())
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let n = u16::from_le_bytes(take(&mut b, 2)?.try_into().map_err(|_| bad())?) as usize;
+        let topic = String::from_utf8(take(&mut b, n)?.to_vec()).map_err(|_| bad())?;
+        let seq = u64::from_le_bytes(take(&mut b, 8)?.try_into().map_err(|_| bad())?);
+        let n = u32::from_le_bytes(take(&mut b, 4)?.try_into().map_err(|_| bad())?) as usize;
+        let event = take(&mut b, n)?;
+        out.push((topic, seq, event));
+    }
+    Ok(out)
+}
+
 enum Op {
     Append(String, Vec<NewEvent>, Reply<Vec<Appended>>),
     Ack(String, Vec<u64>, Reply<()>),
@@ -422,8 +468,11 @@ impl Drop for RedbStore {
 
 impl RedbStore {
     /// Opens (or creates) the store at `path` and starts its writer thread.
+    /// The write-ahead log lives beside it (`path` with the extension `wal`); events it holds that
+    /// the store lost in a crash are put back before anything else happens.
     pub fn open(path: &Path, fsync: Fsync) -> Result<RedbStore, StoreError> {
         let db = Arc::new(Database::create(path).map_err(err)?);
+        let (mut wal, logged) = Wal::open(&path.with_extension("wal"), WAL_SIZE).map_err(err)?;
         let mut next = HashMap::new();
         {
             let txn = db.begin_write().map_err(err)?;
@@ -437,8 +486,17 @@ impl RedbStore {
                     next.insert(k.value().to_owned(), v.value());
                 }
             }
+            let restored = Self::restore(&txn, &mut next, &logged)?;
+            if restored > 0 {
+                tracing::info!(
+                    events = restored,
+                    "restored events from the write-ahead log"
+                );
+            }
             txn.commit().map_err(err)?;
         }
+        // Everything logged is now in the synced store.
+        wal.reset().map_err(err)?;
         // Bounded: a producer burst beyond this waits for the writer instead of piling up memory.
         let (tx, rx) = mpsc::channel(4096);
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -447,6 +505,8 @@ impl RedbStore {
             next,
             fsync,
             healthy: healthy.clone(),
+            wal,
+            last_checkpoint: std::time::Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("floodway-store".into())
@@ -458,6 +518,39 @@ impl RedbStore {
             writer: Some(handle),
             healthy,
         })
+    }
+
+    /// Puts back the logged events the store does not have: those at or past a topic's next
+    /// sequence number as the store last synced it. (Events below it are in the store, or were
+    /// delivered or dead-lettered since.) Returns how many were put back.
+    fn restore(
+        txn: &redb::WriteTransaction,
+        next: &mut HashMap<String, u64>,
+        logged: &[Vec<u8>],
+    ) -> Result<usize, StoreError> {
+        let mut events = txn.open_table(EVENTS).map_err(err)?;
+        let mut idem = txn.open_table(IDEMPOTENCY).map_err(err)?;
+        let mut seqs = txn.open_table(NEXT_SEQ).map_err(err)?;
+        let mut restored = 0;
+        for record in logged {
+            for (topic, seq, bytes) in log_entries(record)? {
+                let n = next.entry(topic.clone()).or_insert(1);
+                if seq < *n {
+                    continue;
+                }
+                *n = seq + 1;
+                events.insert((topic.as_str(), seq), bytes).map_err(err)?;
+                let event = decode(bytes)?;
+                if let Some(key) = &event.idempotency_key {
+                    let expires = event.accepted_ms + DEDUP_WINDOW.as_millis() as u64;
+                    idem.insert((topic.as_str(), key.as_str()), (seq, expires))
+                        .map_err(err)?;
+                }
+                seqs.insert(topic.as_str(), seq + 1).map_err(err)?;
+                restored += 1;
+            }
+        }
+        Ok(restored)
     }
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
@@ -479,6 +572,17 @@ struct Writer {
     next: HashMap<String, u64>,
     fsync: Fsync,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    wal: Wal,
+    last_checkpoint: std::time::Instant,
+}
+
+/// What a committed batch still needs before its callers may be answered.
+struct Committed {
+    outcomes: Vec<Outcome>,
+    /// The appended events, as write-ahead log entries (empty when there were none).
+    log: Vec<u8>,
+    /// True when the transaction itself was synced (nothing left to log).
+    durable: bool,
 }
 
 impl Writer {
@@ -496,11 +600,21 @@ impl Writer {
             }
             let saved = self.next.clone();
             match self.commit(batch) {
-                Ok(outcomes) => {
-                    self.healthy
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    outcomes.into_iter().for_each(Outcome::succeed);
-                }
+                Ok(done) => match self.log(&done) {
+                    Ok(()) => {
+                        self.healthy
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        done.outcomes.into_iter().for_each(Outcome::succeed);
+                    }
+                    Err(e) => {
+                        // The transaction is committed (not durably): its sequence numbers are
+                        // taken, so `next` is not rolled back. Its callers are told it failed.
+                        tracing::error!(error = %e, "store: neither the log nor a synced commit succeeded");
+                        self.healthy
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        done.outcomes.into_iter().for_each(|o| o.fail(&e));
+                    }
+                },
                 Err((e, outcomes)) => {
                     tracing::error!(error = %e, "store commit failed");
                     self.healthy
@@ -509,17 +623,58 @@ impl Writer {
                     outcomes.into_iter().for_each(|o| o.fail(&e));
                 }
             }
+            if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY || self.wal.fill_ratio() > 0.5 {
+                if let Err(e) = self.checkpoint() {
+                    tracing::error!(error = %e, "store checkpoint failed");
+                }
+            }
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "store checkpoint at shutdown failed");
         }
     }
 
-    fn commit(&mut self, batch: Vec<Op>) -> Result<Vec<Outcome>, (StoreError, Vec<Outcome>)> {
+    /// Makes a committed batch durable: one write to the log, synced per the policy. A batch too
+    /// large for what is left of the log, or a log that fails, is made durable by a checkpoint
+    /// instead.
+    fn log(&mut self, done: &Committed) -> Result<(), StoreError> {
+        if done.durable || done.log.is_empty() {
+            return Ok(());
+        }
+        if self.wal.fits(done.log.len()) {
+            match self.wal.append(&done.log, self.fsync != Fsync::Never) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "write-ahead log failed; syncing the store instead")
+                }
+            }
+        }
+        self.checkpoint()
+    }
+
+    /// Syncs the store with everything committed so far, then starts a new log generation.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(err)?;
+        txn.set_durability(Durability::Immediate);
+        txn.commit().map_err(err)?;
+        self.wal.reset().map_err(err)?;
+        self.last_checkpoint = std::time::Instant::now();
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: Vec<Op>) -> Result<Committed, (StoreError, Vec<Outcome>)> {
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut log = Vec::new();
+        // A replay moves events between tables under new sequence numbers, which the log does not
+        // describe: such a batch is synced by redb itself. Every other batch is logged.
+        let durable = batch.iter().any(|op| matches!(op, Op::Replay(..)));
         let mut pending = batch.into_iter();
         let result = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write().map_err(err)?;
-            txn.set_durability(match self.fsync {
-                Fsync::Always | Fsync::Batch => Durability::Immediate,
-                Fsync::Never => Durability::Eventual,
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
             });
             {
                 let mut events = txn.open_table(EVENTS).map_err(err)?;
@@ -555,6 +710,7 @@ impl Writer {
                                 events
                                     .insert((topic.as_str(), seq), buf.as_slice())
                                     .map_err(err)?;
+                                log_entry(&mut log, &topic, seq, &buf);
                                 if let Some(key) = &e.idempotency_key {
                                     let expires = now + DEDUP_WINDOW.as_millis() as u64;
                                     idem.insert((topic.as_str(), key.as_str()), (seq, expires))
@@ -628,7 +784,11 @@ impl Writer {
             Ok(())
         })();
         match result {
-            Ok(()) => Ok(outcomes),
+            Ok(()) => Ok(Committed {
+                outcomes,
+                log,
+                durable,
+            }),
             Err(e) => {
                 // Ops not reached also fail: none of the batch was committed.
                 for op in pending {
@@ -774,6 +934,61 @@ mod tests {
             idempotency_key: key.map(str::to_owned),
             accepted_ms: 7,
         }
+    }
+
+    /// A crash after the log was synced but before the store was: the logged events come back,
+    /// once each, with their idempotency keys, and numbering goes on after them.
+    #[tokio::test]
+    async fn the_log_puts_back_what_the_store_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let fresh = |body: &str, key: Option<&str>| NewEvent {
+            accepted_ms: now_ms(),
+            ..event(body, key)
+        };
+        {
+            let s = RedbStore::open(&path, Fsync::Batch).unwrap();
+            s.append("t", vec![fresh("1", None)]).await.unwrap();
+        }
+        {
+            // What the log holds when the store synced only seq 1.
+            let (mut wal, old) = Wal::open(&path.with_extension("wal"), WAL_SIZE).unwrap();
+            assert!(old.is_empty(), "a clean shutdown leaves nothing to restore");
+            wal.reset().unwrap();
+            let mut payload = Vec::new();
+            let mut buf = Vec::new();
+            for (seq, e) in [
+                (1, fresh("1", None)),
+                (2, fresh("2", Some("k"))),
+                (3, fresh("3", None)),
+            ] {
+                buf.clear();
+                encode(&e, &mut buf);
+                log_entry(&mut payload, "t", seq, &buf);
+            }
+            wal.append(&payload, true).unwrap();
+        }
+        let s = RedbStore::open(&path, Fsync::Batch).unwrap();
+        let stored = s.read_from("t", 0, 10).unwrap();
+        let got: Vec<(u64, &[u8])> = stored
+            .iter()
+            .map(|e| (e.seq, e.event.body.as_slice()))
+            .collect();
+        assert_eq!(got, vec![(1, &b"1"[..]), (2, &b"2"[..]), (3, &b"3"[..])]);
+        let again = s.append("t", vec![fresh("2", Some("k"))]).await.unwrap();
+        assert_eq!(
+            again,
+            vec![Appended {
+                seq: 2,
+                duplicate: true
+            }]
+        );
+        let new = s.append("t", vec![fresh("4", None)]).await.unwrap();
+        assert_eq!(new[0].seq, 4);
+        drop(s);
+        // Restored once: a second reopen finds the log empty and the same events.
+        let s = RedbStore::open(&path, Fsync::Batch).unwrap();
+        assert_eq!(s.read_from("t", 0, 10).unwrap().len(), 4);
     }
 
     #[test]

@@ -62,8 +62,8 @@ impl Wal {
             .truncate(false)
             .open(path)?;
         let len = file.metadata()?.len();
-        if !existing || len < size {
-            Self::fill(&file, size)?;
+        if !existing || len < 4 * PAGE {
+            Self::fill(&file, 0, size)?;
             let mut wal = Wal {
                 file,
                 size,
@@ -90,16 +90,21 @@ impl Wal {
             buf: Vec::new(),
         };
         let records = wal.scan()?;
+        if len < size {
+            // A log made smaller than asked for now grows, after its records were read.
+            Self::fill(&wal.file, len, size)?;
+            wal.size = size;
+        }
         wal.offset = wal.size;
         Ok((wal, records))
     }
 
-    /// Zero-fills the file to `size` and syncs it, so that later writes only overwrite.
-    fn fill(file: &File, size: u64) -> io::Result<()> {
+    /// Zero-fills the file from `from` to `to` and syncs it, so that later writes only overwrite.
+    fn fill(file: &File, from: u64, to: u64) -> io::Result<()> {
         let chunk = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < size {
-            let n = (size - at).min(chunk.len() as u64) as usize;
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(chunk.len() as u64) as usize;
             file.write_all_at(&chunk[..n], at)?;
             at += n as u64;
         }
@@ -251,6 +256,21 @@ mod tests {
         let (wal, got) = Wal::open(&path, SIZE).unwrap();
         assert_eq!(wal.generation, generation);
         assert_eq!(got, vec![b"kept".to_vec()]);
+    }
+
+    #[test]
+    fn a_larger_size_grows_the_log_after_its_records_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (mut wal, _) = Wal::open(&path, SIZE).unwrap();
+        wal.append(b"kept", true).unwrap();
+        drop(wal);
+        let (mut wal, got) = Wal::open(&path, 2 * SIZE).unwrap();
+        assert_eq!(got, vec![b"kept".to_vec()]);
+        assert_eq!(wal.file.metadata().unwrap().len(), 2 * SIZE);
+        wal.reset().unwrap();
+        let fits = vec![7u8; (2 * SIZE - 2 * PAGE - RECORD_HEADER) as usize];
+        wal.append(&fits, true).unwrap();
     }
 
     #[test]

@@ -670,10 +670,14 @@ impl Topic {
 
     async fn dispatch(self: Arc<Self>, store: Arc<dyn Store>, queue: Queue<Job>) {
         let mut cursor = 0u64;
+        let mut readable = store.readable();
         loop {
             let notified = self.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if let Some(r) = readable.as_mut() {
+                r.borrow_and_update();
+            }
             let batch = match store.read_from(&self.name, cursor, 256) {
                 Ok(b) => b,
                 Err(e) => {
@@ -683,8 +687,26 @@ impl Topic {
                 }
             };
             if batch.is_empty() {
-                // Woken by an append or a replay; the timeout only guards against a missed wake.
-                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                // Woken by an append or a replay, or when the store makes more events readable
+                // (an acknowledged event may become readable a few ms after its `202`); the
+                // timeout only guards against a missed wake.
+                let more = async {
+                    match readable.as_mut() {
+                        Some(r) => {
+                            if r.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    tokio::select! {
+                        () = notified => {}
+                        () = more => {}
+                    }
+                })
+                .await;
                 continue;
             }
             if let Some(first) = batch.first() {

@@ -148,6 +148,11 @@ impl Wal {
         Ok(out)
     }
 
+    /// The payloads of the current generation's records, oldest first.
+    pub fn records(&self) -> io::Result<Vec<Vec<u8>>> {
+        self.scan()
+    }
+
     /// Whether a payload of `len` bytes fits in what is left of this generation.
     pub fn fits(&self, len: usize) -> bool {
         self.offset + RECORD_HEADER + len as u64 <= self.size

@@ -1071,6 +1071,62 @@ mod tests {
         }
     }
 
+    /// A transaction that fails after some of its groups were acknowledged: dropping it and
+    /// reloading puts those groups back from the log, synced, and numbering goes on after them.
+    #[test]
+    fn a_dropped_transaction_is_reloaded_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("s.redb")).unwrap());
+        {
+            let txn = db.begin_write().unwrap();
+            txn.open_table(NEXT_SEQ).unwrap();
+            txn.commit().unwrap();
+        }
+        let (mut wal, _) = Wal::open(&dir.path().join("s.wal"), WAL_SIZE).unwrap();
+        wal.reset().unwrap();
+        let mut w = Writer {
+            db: db.clone(),
+            next: HashMap::new(),
+            fsync: Fsync::Batch,
+            healthy: Arc::default(),
+            wal,
+            last_checkpoint: std::time::Instant::now(),
+            open: None,
+            readable: tokio::sync::watch::channel(0).0,
+            clock: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap(),
+        };
+        let mut answers = Vec::new();
+        for body in ["a", "b"] {
+            let (tx, rx) = oneshot::channel();
+            answers.push(rx);
+            let done = w
+                .commit(vec![Op::Append("t".into(), vec![event(body, None)], tx)])
+                .unwrap_or_else(|_| panic!("applied"));
+            w.log(&done).unwrap();
+            done.outcomes.into_iter().for_each(Outcome::succeed);
+        }
+        assert!(w.open.is_some(), "both groups wait in the open transaction");
+        // The transaction fails: it is dropped, and the acknowledged groups come back from the log.
+        w.reload();
+        assert!(w.open.is_none());
+        let txn = db.begin_read().unwrap();
+        let events = txn.open_table(EVENTS).unwrap();
+        let seqs: Vec<u64> = events
+            .range(("t", 0)..=("t", u64::MAX))
+            .unwrap()
+            .map(|r| r.unwrap().0.value().1)
+            .collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(w.next["t"], 3);
+        assert!(w.wal.records().unwrap().is_empty(), "the log starts afresh");
+        for mut rx in answers {
+            assert!(rx.try_recv().unwrap().is_ok());
+        }
+    }
+
     /// A crash after the log was synced but before the store was: the logged events come back,
     /// once each, with their idempotency keys, and numbering goes on after them.
     #[tokio::test]

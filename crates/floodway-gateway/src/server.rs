@@ -203,6 +203,12 @@ enum Kind {
 /// The standard rate-limit headers and the pressure level, on every ingest response.
 fn signal_headers(topic: &Topic, remaining: Option<(u32, Duration)>) -> HeaderMap {
     let mut h = HeaderMap::new();
+    add_signal_headers(&mut h, topic, remaining);
+    h
+}
+
+/// [`signal_headers`], added to a response's own headers.
+fn add_signal_headers(h: &mut HeaderMap, topic: &Topic, remaining: Option<(u32, Duration)>) {
     let level: Level = topic.level();
     h.insert(
         "floodway-pressure",
@@ -234,7 +240,6 @@ fn signal_headers(topic: &Topic, remaining: Option<(u32, Duration)>) -> HeaderMa
         h.insert("ratelimit-policy", p);
         h.insert("ratelimit", s);
     }
-    h
 }
 
 fn producer_key(headers: &HeaderMap, addr: SocketAddr) -> String {
@@ -429,7 +434,7 @@ async fn accept(
                 axum::Json(json!({ "accepted": n, "ids": [] })),
             )
                 .into_response();
-            resp.headers_mut().extend(signal_headers(topic, None));
+            add_signal_headers(resp.headers_mut(), topic, None);
             return Ok(resp);
         }
         Err(r) => return Err(refused(r)),
@@ -495,16 +500,28 @@ async fn accept(
         }
     };
     let kept = commit(&appended, reservation);
-    let ids: Vec<String> = appended.iter().map(|a| a.seq.to_string()).collect();
-    let duplicates = n - kept;
-    let mut body = json!({ "accepted": n, "ids": ids });
-    if duplicates > 0 {
-        body["duplicates"] = json!(duplicates);
-    }
+    let body = AcceptedBody {
+        accepted: n,
+        ids: appended.iter().map(|a| a.seq.to_string()).collect(),
+        duplicates: n - kept,
+    };
     let remaining = allowed.map(|a| (a.remaining(), a.reset()));
     let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
-    resp.headers_mut().extend(signal_headers(topic, remaining));
+    add_signal_headers(resp.headers_mut(), topic, remaining);
     Ok(resp)
+}
+
+/// The body of a `202`: serialised straight from this struct (no intermediate JSON value).
+#[derive(serde::Serialize)]
+struct AcceptedBody {
+    accepted: u64,
+    ids: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    duplicates: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 async fn list_topics(State(gw): State<Arc<Gateway>>) -> Response {

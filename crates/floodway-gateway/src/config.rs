@@ -53,8 +53,8 @@ pub enum Fsync {
     /// Group commit: concurrent requests share one synced commit; each `202` waits for it.
     #[default]
     Batch,
-    /// No sync before the `202`: events are written to the log and the store syncs once a second.
-    /// A machine crash (not a process crash) can lose the last second of acknowledged events.
+    /// No sync before the `202`: events are written to the log and the store syncs every
+    /// 250 ms. A machine crash (not a process crash) can lose the last 250 ms of acknowledged events.
     Never,
 }
 

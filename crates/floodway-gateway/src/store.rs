@@ -624,7 +624,7 @@ struct OpenTxn {
 }
 
 /// What an applied batch still needs before its callers may be answered.
-struct Committed {
+struct Applied {
     outcomes: Vec<Outcome>,
     /// The appended events, as write-ahead log entries (empty when there were none).
     log: Vec<u8>,
@@ -665,7 +665,7 @@ impl Writer {
                 }
             }
             let saved = self.next.clone();
-            match self.commit(batch) {
+            match self.apply(batch) {
                 Ok(done) => {
                     let logged = if done.durable {
                         self.checkpoint()
@@ -766,7 +766,7 @@ impl Writer {
     /// Makes an applied batch durable: one write to the log, synced per the policy. A batch too
     /// large for what is left of the log, or a log that fails, is made durable by a checkpoint
     /// instead.
-    fn log(&mut self, done: &Committed) -> Result<(), StoreError> {
+    fn log(&mut self, done: &Applied) -> Result<(), StoreError> {
         if done.log.is_empty() {
             return Ok(());
         }
@@ -799,7 +799,8 @@ impl Writer {
         Ok(())
     }
 
-    fn commit(&mut self, batch: Vec<Op>) -> Result<Committed, (StoreError, Vec<Outcome>)> {
+    /// Applies a batch to the open transaction (opening one if needed); nothing is committed here.
+    fn apply(&mut self, batch: Vec<Op>) -> Result<Applied, (StoreError, Vec<Outcome>)> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut log = Vec::new();
         // A replay moves events between tables under new sequence numbers, which the log does not
@@ -923,7 +924,7 @@ impl Writer {
             Ok(())
         })();
         match result {
-            Ok(()) => Ok(Committed {
+            Ok(()) => Ok(Applied {
                 outcomes,
                 log,
                 durable,
@@ -1113,7 +1114,7 @@ mod tests {
             let (tx, rx) = oneshot::channel();
             answers.push(rx);
             let done = w
-                .commit(vec![Op::Append("t".into(), vec![event(body, None)], tx)])
+                .apply(vec![Op::Append("t".into(), vec![event(body, None)], tx)])
                 .unwrap_or_else(|_| panic!("applied"));
             w.log(&done).unwrap();
             done.outcomes.into_iter().for_each(Outcome::succeed);

@@ -48,9 +48,11 @@ impl<'de> Deserialize<'de> for Size {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Fsync {
-    /// Every request is committed and synced on its own before its `202`.
+    /// Every request's events are written to the write-ahead log and synced on their own before
+    /// its `202`.
     Always,
-    /// Group commit: concurrent requests share one synced commit; each `202` waits for it.
+    /// Group commit: concurrent requests share one synced write of the write-ahead log; each `202`
+    /// waits for it.
     #[default]
     Batch,
     /// No sync before the `202`: events are written to the log and the store syncs every

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::Locked;
 use crate::sinksim::parse_schedule;
 
 /// How arrivals are spaced.
@@ -225,7 +226,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
         refused_h: histogram(),
         per_second_h: BTreeMap::new(),
     }));
-    tally.lock().unwrap_or_else(|e| e.into_inner()).report.batch = args.batch.max(1);
+    tally.locked().report.batch = args.batch.max(1);
     let slots = Arc::new(Semaphore::new(args.connections.max(1)));
     // Bounded: past this many requests waiting for a connection, new ones are counted as not sent.
     let outstanding_cap = args.connections.max(1) * 64;
@@ -254,7 +255,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
                 }
                 let t = start.elapsed().as_secs().saturating_sub(1);
                 let line = {
-                    let mut g = tally.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut g = tally.locked();
                     let s = g.second(t).clone();
                     format!(
                         "t={:>3}s offered {:>6}/s accepted {:>6}/s refused {:>6}/s errors {:>4}/s p99 {:>7.1} ms",
@@ -303,7 +304,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
         let mut due = start + Duration::from_secs_f64(t);
         tokio::time::sleep_until(due).await;
         if args.honour_retry_after {
-            let pause = *paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            let pause = *paused_until.locked();
             if let Some(p) = pause.filter(|p| *p > Instant::now()) {
                 // A well-mannered producer holds back while told to; what was due is sent after.
                 tokio::time::sleep_until(p).await;
@@ -312,22 +313,10 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
         }
         seq += 1;
         let second = due.saturating_duration_since(start).as_secs();
-        tally
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .second(second)
-            .offered += 1;
-        tally
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .report
-            .offered += 1;
+        tally.locked().second(second).offered += 1;
+        tally.locked().report.offered += 1;
         if outstanding.load(std::sync::atomic::Ordering::Relaxed) >= outstanding_cap {
-            tally
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .report
-                .not_sent += 1;
+            tally.locked().report.not_sent += 1;
             continue;
         }
         let priority = mix.as_ref().map(|m| {
@@ -372,7 +361,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
                 let second = now.saturating_duration_since(start).as_secs();
                 // Tally under the lock; decide whether to wait and resend after it is released.
                 let wait = {
-                    let mut g = tally.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut g = tally.locked();
                     if resend {
                         g.report.resent += 1;
                     }
@@ -404,7 +393,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
                 let Some(after) = wait else { break };
                 let until = now + after;
                 {
-                    let mut p = paused.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut p = paused.locked();
                     *p = Some(p.map_or(until, |q| q.max(until)));
                 }
                 tokio::time::sleep_until(until).await;
@@ -422,7 +411,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
         eprintln!();
     }
     let report = {
-        let mut g = tally.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = tally.locked();
         let per: Vec<(u64, f64)> = g
             .per_second_h
             .iter()

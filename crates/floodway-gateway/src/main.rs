@@ -27,6 +27,38 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+/// Locking that survives a panic elsewhere: every value this binary keeps behind a mutex
+/// (counters, samples, task handles) is whole between statements, so a thread that panicked while
+/// holding the lock leaves nothing half-done to refuse.
+pub trait Locked<T> {
+    /// Locks, taking the value even if the mutex is poisoned.
+    fn locked(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> Locked<T> for std::sync::Mutex<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// [`Locked`] for a read-write lock.
+pub trait RwLocked<T> {
+    /// Locks for reading, even if the lock is poisoned.
+    fn read_locked(&self) -> std::sync::RwLockReadGuard<'_, T>;
+    /// Locks for writing, even if the lock is poisoned.
+    fn write_locked(&self) -> std::sync::RwLockWriteGuard<'_, T>;
+}
+
+impl<T> RwLocked<T> for std::sync::RwLock<T> {
+    fn read_locked(&self) -> std::sync::RwLockReadGuard<'_, T> {
+        self.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_locked(&self) -> std::sync::RwLockWriteGuard<'_, T> {
+        self.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Back pressure for event-driven services: an HTTP event gateway that stores what it accepts and
 /// delivers it at the rate sinks can take.
 #[derive(Parser, Debug)]

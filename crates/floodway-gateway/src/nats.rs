@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 
+use crate::RwLocked;
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
     Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, Feed, Lease, Leased, NewEvent, Settle,
@@ -99,8 +100,7 @@ impl NatsStore {
 
     fn handles(&self, topic: &str) -> Result<Handles, StoreError> {
         self.topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_locked()
             .get(topic)
             .cloned()
             .ok_or_else(|| unavailable(format!("topic {topic:?} has no stream yet")))
@@ -432,10 +432,7 @@ impl Store for NatsStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let h = patiently(|| self.create(topic, config)).await?;
-            self.topics
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(topic.to_owned(), h);
+            self.topics.write_locked().insert(topic.to_owned(), h);
             Ok(())
         })
     }

@@ -15,6 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::Locked;
 use floodway::{Quota, RateLimiter};
 use tokio::time::Instant;
 
@@ -86,17 +87,13 @@ impl Pacer {
 
     /// The current rate.
     pub fn rate(&self) -> f64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.state.locked().0
     }
 
     /// Waits for the next delivery slot.
     pub async fn ready(&self) {
         if self.limiter.check().is_err() {
-            self.state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .1
-                .waited += 1;
+            self.state.locked().1.waited += 1;
             self.limiter.until_ready().await;
         }
     }
@@ -107,7 +104,7 @@ impl Pacer {
             return;
         }
         let now = Instant::now();
-        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.state.locked();
         let (rate, w) = &mut *g;
         if accepted {
             w.accepted += 1;

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use crate::RwLocked;
 use crate::config::{Backend, Config, Role, SinkConfig, Strategy, TopicConfig, valid_topic_name};
 use crate::problem::Problem;
 use crate::sink::Sink;
@@ -111,18 +112,13 @@ impl Gateway {
             .start(self.store.clone(), sink, self.config.role != Role::Ingest)
             .await?;
         self.topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_locked()
             .insert(name.to_owned(), topic.clone());
         Ok(topic)
     }
 
     fn existing(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.topics.read_locked().get(name).cloned()
     }
 
     /// The topic, created on first use when no topics are declared.
@@ -144,7 +140,7 @@ impl Gateway {
         if let Some(t) = self.existing(name) {
             return Ok(t);
         }
-        if self.topics.read().unwrap_or_else(|e| e.into_inner()).len() >= MAX_AUTO_TOPICS {
+        if self.topics.read_locked().len() >= MAX_AUTO_TOPICS {
             return Err(Problem::unavailable(
                 format!("the gateway already tracks {MAX_AUTO_TOPICS} topics"),
                 Duration::from_secs(60),
@@ -168,13 +164,7 @@ impl Gateway {
 
     /// Every topic, by name.
     fn all_topics(&self) -> Vec<Arc<Topic>> {
-        let mut v: Vec<_> = self
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = self.topics.read_locked().values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }

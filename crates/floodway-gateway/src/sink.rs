@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
 
+use crate::Locked;
 use crate::config::SinkConfig;
 use crate::store::StoredEvent;
 
@@ -71,11 +72,7 @@ impl Sink {
             // One short append to the page cache: written in place, since a hop to tokio's
             // blocking pool per event costs more than the write (the file is opened O_APPEND,
             // unbuffered, so each line is one write call).
-            Sink::File(file) => write_line(
-                &mut *file.lock().unwrap_or_else(|p| p.into_inner()),
-                topic,
-                e,
-            ),
+            Sink::File(file) => write_line(&mut *file.locked(), topic, e),
             Sink::Stdout => write_line(&mut std::io::stdout().lock(), topic, e),
         }
     }

@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::Locked;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -170,7 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
         for step in schedule {
             tokio::time::sleep_until(start + step.at).await;
-            *s.current.lock().unwrap_or_else(|e| e.into_inner()) = step.rate;
+            *s.current.locked() = step.rate;
             s.rate.set_quota(quota(step.rate));
             tracing::info!(rate = step.rate, "sink-sim capacity changed");
         }
@@ -198,18 +199,12 @@ fn unavailable(after: Duration) -> Response {
 
 async fn receive(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
     let _in_flight = InFlight::new(&sim);
-    sim.counts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .requests += 1;
+    sim.counts.locked().requests += 1;
     let reject = |sim: &Sim, after| {
-        sim.counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .rejected += 1;
+        sim.counts.locked().rejected += 1;
         unavailable(after)
     };
-    if *sim.current.lock().unwrap_or_else(|e| e.into_inner()) == 0 {
+    if *sim.current.locked() == 0 {
         return reject(&sim, Duration::from_secs(1));
     }
     let permit = match sim.mode {
@@ -239,7 +234,7 @@ async fn receive(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
     }
     drop(permit);
     if sim.error_rate > 0.0 && fastrand::f64() < sim.error_rate {
-        sim.counts.lock().unwrap_or_else(|e| e.into_inner()).errors += 1;
+        sim.counts.locked().errors += 1;
         return (StatusCode::INTERNAL_SERVER_ERROR, "injected error\n").into_response();
     }
     let text = |name: &str| {
@@ -250,7 +245,7 @@ async fn receive(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
             .to_owned()
     };
     let (topic, id) = (text("floodway-topic"), text("floodway-event-id"));
-    let mut c = sim.counts.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = sim.counts.locked();
     c.delivered += 1;
     if !id.is_empty() && !c.seen.entry(topic).or_default().insert(id) {
         c.duplicates += 1;
@@ -268,7 +263,7 @@ struct StatsQuery {
 }
 
 async fn stats(State(sim): State<Arc<Sim>>, Query(q): Query<StatsQuery>) -> Response {
-    let c = sim.counts.lock().unwrap_or_else(|e| e.into_inner());
+    let c = sim.counts.locked();
     let distinct: usize = c.seen.values().map(HashSet::len).sum();
     let mut body = json!({
         "requests": c.requests,
@@ -285,7 +280,7 @@ async fn stats(State(sim): State<Arc<Sim>>, Query(q): Query<StatsQuery>) -> Resp
         },
         // The most requests this sink held at once: what the senders' total concurrency was.
         "peak_in_flight": sim.peak_in_flight.load(std::sync::atomic::Ordering::Acquire),
-        "rate": *sim.current.lock().unwrap_or_else(|e| e.into_inner()),
+        "rate": *sim.current.locked(),
     });
     if q.ids.unwrap_or(false) {
         let ids: BTreeMap<_, Vec<_>> = c

@@ -18,12 +18,14 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use floodway::Priority;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::Locked;
 use crate::config::{Fsync, TopicConfig};
 use crate::wal::Wal;
 
@@ -471,7 +473,7 @@ pub struct RedbStore {
     db: Arc<Database>,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    healthy: Arc<std::sync::atomic::AtomicBool>,
+    healthy: Arc<AtomicBool>,
     readable: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -497,20 +499,14 @@ impl RedbStore {
                 .map_err(err)?,
         );
         let (mut wal, logged) = Wal::open(&path.with_extension("wal"), WAL_SIZE).map_err(err)?;
-        let mut next = HashMap::new();
+        let next;
         {
             let txn = db.begin_write().map_err(err)?;
             txn.open_table(EVENTS).map_err(err)?;
             txn.open_table(DEAD).map_err(err)?;
             txn.open_table(IDEMPOTENCY).map_err(err)?;
-            {
-                let t = txn.open_table(NEXT_SEQ).map_err(err)?;
-                for row in t.iter().map_err(err)? {
-                    let (k, v) = row.map_err(err)?;
-                    next.insert(k.value().to_owned(), v.value());
-                }
-            }
-            let restored = Self::restore(&txn, &mut next, &logged)?;
+            let restored;
+            (next, restored) = Self::restore(&txn, &logged)?;
             if restored > 0 {
                 tracing::info!(
                     events = restored,
@@ -523,7 +519,7 @@ impl RedbStore {
         wal.reset().map_err(err)?;
         // Bounded: a producer burst beyond this waits for the writer instead of piling up memory.
         let (tx, rx) = mpsc::channel(4096);
-        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let healthy = Arc::new(AtomicBool::new(true));
         let (readable, readable_rx) = tokio::sync::watch::channel(0);
         let clock = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -554,13 +550,21 @@ impl RedbStore {
     }
 
     /// Puts back the logged events the store does not have: those at or past a topic's next
-    /// sequence number as the store last synced it. (Events below it are in the store, or were
-    /// delivered or dead-lettered since.) Returns how many were put back.
+    /// sequence number as the store holds it. (Events below it are in the store, or were delivered
+    /// or dead-lettered since.) Returns every topic's next sequence number after that, and how many
+    /// events were put back.
     fn restore(
         txn: &redb::WriteTransaction,
-        next: &mut HashMap<String, u64>,
         logged: &[Vec<u8>],
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(HashMap<String, u64>, usize), StoreError> {
+        let mut next = HashMap::new();
+        {
+            let t = txn.open_table(NEXT_SEQ).map_err(err)?;
+            for row in t.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                next.insert(k.value().to_owned(), v.value());
+            }
+        }
         let mut events = txn.open_table(EVENTS).map_err(err)?;
         let mut idem = txn.open_table(IDEMPOTENCY).map_err(err)?;
         let mut seqs = txn.open_table(NEXT_SEQ).map_err(err)?;
@@ -583,7 +587,7 @@ impl RedbStore {
                 restored += 1;
             }
         }
-        Ok(restored)
+        Ok((next, restored))
     }
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
@@ -604,7 +608,7 @@ struct Writer {
     db: Arc<Database>,
     next: HashMap<String, u64>,
     fsync: Fsync,
-    healthy: Arc<std::sync::atomic::AtomicBool>,
+    healthy: Arc<AtomicBool>,
     wal: Wal,
     last_checkpoint: std::time::Instant,
     /// The transaction groups are applied to; committed (unsynced) every `COMMIT_EVERY` at most,
@@ -664,7 +668,6 @@ impl Writer {
                     }
                 }
             }
-            let saved = self.next.clone();
             match self.apply(batch) {
                 Ok(done) => {
                     let logged = if done.durable {
@@ -681,26 +684,24 @@ impl Writer {
                     };
                     match logged {
                         Ok(()) => {
-                            self.healthy
-                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            self.healthy.store(true, Ordering::Relaxed);
                             done.outcomes.into_iter().for_each(Outcome::succeed);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "store: neither the log nor a synced commit succeeded");
-                            self.healthy
-                                .store(false, std::sync::atomic::Ordering::Relaxed);
+                            self.healthy.store(false, Ordering::Relaxed);
                             done.outcomes.into_iter().for_each(|o| o.fail(&e));
                         }
                     }
                 }
                 Err((e, outcomes)) => {
                     tracing::error!(error = %e, "store commit failed");
-                    self.healthy
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                    self.next = saved;
+                    self.healthy.store(false, Ordering::Relaxed);
                     outcomes.into_iter().for_each(|o| o.fail(&e));
                     // Groups answered earlier may be in the transaction that was just dropped:
-                    // they are in the log, so put them back from it.
+                    // they are in the log, so put them back from it. That also resets `next`;
+                    // should it fail, `next` keeps counting past the dropped numbers (a gap,
+                    // never a number used twice).
                     self.reload();
                 }
             }
@@ -726,8 +727,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed");
-                self.healthy
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.healthy.store(false, Ordering::Relaxed);
                 self.reload();
             }
         }
@@ -742,15 +742,7 @@ impl Writer {
             let logged = self.wal.records().map_err(err)?;
             let mut txn = self.db.begin_write().map_err(err)?;
             txn.set_durability(Durability::Immediate);
-            let mut next = HashMap::new();
-            {
-                let t = txn.open_table(NEXT_SEQ).map_err(err)?;
-                for row in t.iter().map_err(err)? {
-                    let (k, v) = row.map_err(err)?;
-                    next.insert(k.value().to_owned(), v.value());
-                }
-            }
-            RedbStore::restore(&txn, &mut next, &logged)?;
+            let (next, _) = RedbStore::restore(&txn, &logged)?;
             txn.commit().map_err(err)?;
             self.wal.reset().map_err(err)?;
             self.next = next;
@@ -1062,8 +1054,7 @@ impl Store for RedbStore {
     }
 
     fn healthy(&self) -> bool {
-        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
-            && self.ops.as_ref().is_some_and(|o| !o.is_closed())
+        self.healthy.load(Ordering::Relaxed) && self.ops.as_ref().is_some_and(|o| !o.is_closed())
     }
 }
 
@@ -1313,7 +1304,7 @@ struct MemoryTopic {
 
 impl MemoryStore {
     fn with<T>(&self, topic: &str, f: impl FnOnce(&mut MemoryTopic) -> T) -> T {
-        let mut g = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.topics.locked();
         f(g.entry(topic.to_owned()).or_default())
     }
 }

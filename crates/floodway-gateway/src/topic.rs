@@ -21,6 +21,7 @@ use floodway::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::Locked;
 use crate::config::{Algorithm, Rate, Strategy, TopicConfig};
 use crate::sink::{Attempt, Sink};
 use crate::store::{DeadEvent, Feed, Lease, Settle, Store, StoredEvent, now_ms};
@@ -300,19 +301,13 @@ impl Topic {
             max: Duration::from_secs(60),
         };
         self.departures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .time_to_drain(events.max(1), Instant::now(), bounds)
     }
 
     /// Counts a refusal by reason.
     pub fn count_refusal(&self, reason: &'static str) {
-        *self
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(reason)
-            .or_default() += 1;
+        *self.refused.locked().entry(reason).or_default() += 1;
     }
 
     /// Checks the producer's quota for `n` events.
@@ -430,10 +425,7 @@ impl Topic {
         if self.shared {
             return; // the arrival rate is the cluster's, read with the backlog
         }
-        self.arrivals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(n, Instant::now());
+        self.arrivals.locked().record(n, Instant::now());
     }
 
     fn record_departure(&self, bytes: u64) {
@@ -442,10 +434,7 @@ impl Topic {
         }
         self.backlog_events.fetch_sub(1, Ordering::AcqRel);
         self.backlog_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.departures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(1, Instant::now());
+        self.departures.locked().record(1, Instant::now());
     }
 
     /// Events added back to the backlog by a replay.
@@ -475,12 +464,7 @@ impl Topic {
     pub fn stats(&self) -> serde_json::Value {
         let now = Instant::now();
         let limiter = self.limiter.stats();
-        let pool = self
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(ElasticPool::stats);
+        let pool = self.pool.locked().as_ref().map(ElasticPool::stats);
         let oldest = self.oldest_ms.load(Ordering::Acquire);
         serde_json::json!({
             "topic": self.name,
@@ -488,13 +472,13 @@ impl Topic {
             "backlog_bytes": self.backlog_bytes(),
             "backlog_scope": if self.shared { "cluster" } else { "process" },
             "oldest_age_seconds": if oldest == 0 || self.backlog_events() == 0 { 0.0 } else { now_ms().saturating_sub(oldest) as f64 / 1000.0 },
-            "rate_in_per_second": self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).per_second(now),
-            "rate_out_per_second": self.departures.lock().unwrap_or_else(|e| e.into_inner()).per_second(now),
+            "rate_in_per_second": self.arrivals.locked().per_second(now),
+            "rate_out_per_second": self.departures.locked().per_second(now),
             "accepted": self.accepted.load(Ordering::Relaxed),
             "delivered": self.delivered.load(Ordering::Relaxed),
-            "refused": *self.refused.lock().unwrap_or_else(|e| e.into_inner()),
+            "refused": *self.refused.locked(),
             "dead_letters": self.dead_letters.load(Ordering::Acquire),
-            "dead_lettered": *self.dead_by_reason.lock().unwrap_or_else(|e| e.into_inner()),
+            "dead_lettered": *self.dead_by_reason.locked(),
             "concurrency_limit": limiter.limit,
             "delivery_rate_limit": self.pacer.rate(),
             "in_flight": limiter.in_flight,
@@ -550,12 +534,12 @@ impl Topic {
                 }
             })
             .expect("valid pool");
-        *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
-        *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
+        *self.pool.locked() = Some(pool);
+        *self.handover.locked() = Some(queue.clone());
         match feed {
             Some(feed) => {
                 let task = tokio::spawn(self.clone().dispatch_shared(feed, queue));
-                *self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+                *self.dispatcher.locked() = Some(task);
             }
             None => drop(tokio::spawn(self.clone().dispatch(store, queue))),
         }
@@ -570,15 +554,11 @@ impl Topic {
         // A shared feed first finishes the pull request it has open (at most its wait) and
         // hands back what that brought: a request abandoned mid-way would leave events leased to
         // this process until the ack wait.
-        let dispatcher = self
-            .dispatcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let dispatcher = self.dispatcher.locked().take();
         if let Some(task) = dispatcher {
             let _ = tokio::time::timeout(grace, task).await;
         }
-        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let pool = self.pool.locked().take();
         if let Some(pool) = pool {
             if tokio::time::timeout(grace, pool.shutdown()).await.is_err() {
                 tracing::warn!(topic = %self.name, "deliveries still running at shutdown; they will be redelivered");
@@ -586,11 +566,7 @@ impl Topic {
         }
         // Leased events not yet taken by a worker go back at once, for another process to take
         // now rather than after the ack wait.
-        let handover = self
-            .handover
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handover = self.handover.locked().take();
         if let Some(queue) = handover {
             queue.close();
             let mut returned = 0;
@@ -645,12 +621,10 @@ impl Topic {
                     if let Some((removed, stored)) = last_totals.replace(totals) {
                         let now = Instant::now();
                         self.departures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                            .locked()
                             .record(totals.0.saturating_sub(removed), now);
                         self.arrivals
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                            .locked()
                             .record(totals.1.saturating_sub(stored), now);
                     }
                 }
@@ -692,18 +666,15 @@ impl Topic {
                 // timeout only guards against a missed wake.
                 let more = async {
                     match readable.as_mut() {
-                        Some(r) => {
-                            if r.changed().await.is_err() {
-                                std::future::pending::<()>().await;
-                            }
-                        }
+                        Some(r) => r.changed().await,
                         None => std::future::pending().await,
                     }
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    // A store that stopped signalling (`Err`) leaves the append wake-up.
                     tokio::select! {
                         () = notified => {}
-                        () = more => {}
+                        Ok(()) = more => {}
                     }
                 })
                 .await;
@@ -904,11 +875,7 @@ impl Topic {
     /// The hand-over queue, with a place counted for one more retry waiting outside a worker, or
     /// `None` when there is no queue or MAX_WAITING_RETRIES already wait.
     fn retry_slot(&self) -> Option<Queue<Job>> {
-        let queue = self
-            .handover
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
+        let queue = self.handover.locked().clone()?;
         self.waiting_retries
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < MAX_WAITING_RETRIES).then_some(n + 1)
@@ -957,8 +924,7 @@ impl Topic {
         }
         *self
             .dead_by_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .entry(reason.to_owned())
             .or_default() += 1;
         if !self.shared {

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Proc, expire_and_replay, get_json, post_json, post_json_with, sigterm, sink, sink_ids, spawn,
-    wait_for,
+    Proc, expire_and_replay, gateway_with_args, get_json, post_json, post_json_with, sigterm, sink,
+    sink_ids, wait_for,
 };
 
 /// True when `nats-server` can be run; otherwise reports the skip (or fails, when required).
@@ -109,26 +109,11 @@ fn gateway_with_ack_wait(
 ) -> Proc {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).unwrap();
-    let config = data.join("floodway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\nbackend = \"nats\"\n[storage.nats]\nurl = \"{urls}\"\nrequest_timeout = \"2s\"\n\
-             ack_wait = \"{ack_wait}\"\n[topics.orders]\nsink = {{ type = \"http\", url = \"{sink}/in\" }}\n{extra}\n"
-        ),
-    )
-    .unwrap();
-    spawn(&[
-        "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--role",
-        role,
-    ])
+    let config = format!(
+        "[storage]\nbackend = \"nats\"\n[storage.nats]\nurl = \"{urls}\"\nrequest_timeout = \"2s\"\n\
+         ack_wait = \"{ack_wait}\"\n[topics.orders]\nsink = {{ type = \"http\", url = \"{sink}/in\" }}\n{extra}\n"
+    );
+    gateway_with_args(&data, &config, &["--role", role])
 }
 
 fn events_url(gw: &Proc) -> String {

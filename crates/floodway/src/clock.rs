@@ -88,15 +88,11 @@ impl Epoch {
     #[inline]
     pub(crate) fn nanos(&self) -> u64 {
         match &self.counter {
-            None => self.nanos_at(Instant::now()),
+            None => Instant::now()
+                .saturating_duration_since(self.start)
+                .as_nanos() as u64,
             Some(c) => c.delta_as_nanos(self.raw, c.raw()),
         }
-    }
-
-    /// Nanoseconds from the epoch's start to `at` (0 for an earlier instant).
-    #[inline]
-    pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.start).as_nanos() as u64
     }
 
     /// The current instant.

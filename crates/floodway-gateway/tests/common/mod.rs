@@ -72,9 +72,14 @@ pub fn sink(extra: &[&str]) -> Proc {
 
 /// A gateway on `data_dir` with this configuration text.
 pub fn gateway(data_dir: &Path, config: &str) -> Proc {
+    gateway_with_args(data_dir, config, &[])
+}
+
+/// [`gateway`] with more command-line arguments.
+pub fn gateway_with_args(data_dir: &Path, config: &str, extra: &[&str]) -> Proc {
     let file = data_dir.join("floodway.toml");
     std::fs::write(&file, config).unwrap();
-    spawn(&[
+    let mut args = vec![
         "serve",
         "--config",
         file.to_str().unwrap(),
@@ -82,7 +87,9 @@ pub fn gateway(data_dir: &Path, config: &str) -> Proc {
         "127.0.0.1:0",
         "--data-dir",
         data_dir.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args)
 }
 
 /// Polls `check` every 50 ms until it holds, for at most `limit`; panics with `what` otherwise.

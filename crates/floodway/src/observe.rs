@@ -59,6 +59,12 @@ impl Reporter {
         }
     }
 
+    /// True when someone listens (so figures worth computing only for them can be skipped).
+    #[inline]
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.observer.is_some()
+    }
+
     #[inline]
     pub(crate) fn counter(&self, name: &'static str, reason: &'static str, delta: u64) {
         if let Some(o) = &self.observer {

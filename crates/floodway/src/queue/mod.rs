@@ -26,8 +26,18 @@
 //! ## Conservation
 //! Every item offered ends in exactly one place: delivered (popped), returned to the caller in a
 //! [`PushError`], dead-lettered (with a [`DropReason`](crate::DropReason)), or still queued.
-//! [`QueueStats`] counts each, so `offered == delivered + returned + dead_lettered + len` holds at
-//! every moment the queue's lock is free.
+//! [`QueueStats`] counts each, so `offered == delivered + returned + dead_lettered + len` holds in
+//! every snapshot taken while no push is half-way in (a push counts in `len` from the moment it
+//! claims its room, and in `offered` once it is staged: nanoseconds apart).
+//!
+//! ## How it is built
+//! A push that finds room does not take the queue's lock: it claims its room (item count and bytes)
+//! on an atomic counter and stages the item in a lock-free list for its class. Consumers serve from
+//! those lists directly, highest class first, under a lock that producers leave alone; so a
+//! producer and a consumer on two cores share little more than the room counter. Everything that
+//! must see the whole queue at once (a full queue's overflow policy, CoDel, adaptive LIFO,
+//! [`Queue::expire`], [`Queue::stats`]) first moves the staged items into per-class deques under the
+//! lock, oldest first, and works there.
 //!
 //! ## Cancel safety
 //! Dropping a [`Queue::push`] future before it finished hands its item to the dead-letter hook as

@@ -1,9 +1,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crossbeam_queue::SegQueue;
+use crossbeam_utils::CachePadded;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -52,21 +56,13 @@ impl Refusals {
     pub fn total(&self) -> u64 {
         self.full + self.too_large + self.expired + self.closed
     }
-
-    fn count<T>(&mut self, err: &PushError<T>) {
-        match err {
-            PushError::Full { .. } => self.full += 1,
-            PushError::TooLarge { .. } => self.too_large += 1,
-            PushError::Expired { .. } => self.expired += 1,
-            PushError::Closed { .. } => self.closed += 1,
-        }
-    }
 }
 
 /// A snapshot of a queue's counters and gauges.
 ///
-/// The conservation law holds for every snapshot:
-/// `offered == delivered + refused.total() + dead_lettered.total() + len`.
+/// The conservation law holds for every snapshot taken while no push is half-way in (see the
+/// [module documentation](crate::queue)): `offered == delivered + refused.total() +
+/// dead_lettered.total() + len`.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct QueueStats {
@@ -112,23 +108,58 @@ impl<T> Entry<T> {
     }
 }
 
+/// What producers claim without the lock: the items and bytes queued or being queued. Producers
+/// reserve here before they stage an item, consumers release when an item leaves, so the bounds
+/// hold without a lock on the way in.
+struct Room {
+    len: AtomicUsize,
+    bytes: AtomicU64,
+}
+
+/// The bounds, read on every push, written only by [`Queue::set_capacity`].
+struct Limits {
+    max_items: AtomicUsize,
+    max_bytes: AtomicU64,
+    closed: AtomicBool,
+    /// Set for good by the first item with a deadline: from then on a full queue looks for expired
+    /// items before it refuses or evicts.
+    deadlines: AtomicBool,
+}
+
+/// Refusals counted by producers without the lock.
+#[derive(Default)]
+struct RefusalCounters([AtomicU64; 4]);
+
+impl RefusalCounters {
+    fn count<T>(&self, err: &PushError<T>) {
+        let i = match err {
+            PushError::Full { .. } => 0,
+            PushError::TooLarge { .. } => 1,
+            PushError::Expired { .. } => 2,
+            PushError::Closed { .. } => 3,
+        };
+        self.0[i].fetch_add(1, Relaxed);
+    }
+
+    fn snapshot(&self) -> Refusals {
+        let [full, too_large, expired, closed] = [0, 1, 2, 3].map(|i| self.0[i].load(Relaxed));
+        Refusals {
+            full,
+            too_large,
+            expired,
+            closed,
+        }
+    }
+}
+
+/// What only the lock holder touches: the classes in service order, and the consumer's counters.
 struct State<T> {
     classes: [VecDeque<Entry<T>>; CLASSES],
     class_bytes: [u64; CLASSES],
-    len: usize,
-    bytes: u64,
-    max_items: usize,
-    max_bytes: u64,
-    closed: bool,
-    seq: u64,
     drain: DrainRate,
     codel: Option<CoDel>,
-    offered: u64,
     delivered: u64,
-    refused: Refusals,
     dead: DropCounts,
-    push_waiters: usize,
-    pop_waiters: usize,
     last_sojourn: Duration,
 }
 
@@ -136,26 +167,13 @@ struct State<T> {
 type Graveyard<T> = Vec<DeadLetter<T>>;
 
 impl<T> State<T> {
-    fn fits(&self, weight: u64) -> bool {
-        self.len < self.max_items && self.bytes.saturating_add(weight) <= self.max_bytes
+    fn push_entry(&mut self, e: Entry<T>) {
+        let c = e.meta.priority.index();
+        self.class_bytes[c] += e.weight;
+        self.classes[c].push_back(e);
     }
 
-    fn insert(&mut self, item: T, weight: u64, meta: Meta, now: Instant) {
-        let c = meta.priority.index();
-        self.seq += 1;
-        self.classes[c].push_back(Entry {
-            item,
-            weight,
-            meta,
-            enqueued: now,
-            seq: self.seq,
-        });
-        self.class_bytes[c] += weight;
-        self.len += 1;
-        self.bytes += weight;
-    }
-
-    fn remove(&mut self, class: usize, from_back: bool) -> Entry<T> {
+    fn remove(&mut self, room: &Room, class: usize, from_back: bool) -> Entry<T> {
         let q = &mut self.classes[class];
         let e = if from_back {
             q.pop_back()
@@ -164,8 +182,7 @@ impl<T> State<T> {
         };
         let e = e.expect("remove called on an empty class");
         self.class_bytes[class] -= e.weight;
-        self.len -= 1;
-        self.bytes -= e.weight;
+        room.release(e.weight);
         e
     }
 
@@ -202,43 +219,23 @@ impl<T> State<T> {
             .map(|(_, t)| t)
     }
 
-    /// Whether blocked producers should be woken now. Waking them on every freed slot makes a
-    /// producer and a consumer ping-pong one item at a time; instead they are woken once an eighth
-    /// of the item bound is free (or the queue is empty), and push a batch. A byte-bound queue
-    /// still wakes them on every departure, since the room a waiting item needs is unknown here.
-    fn wake_producers(&self) -> bool {
-        if self.push_waiters == 0 {
-            return false;
-        }
-        let slack = (self.max_items / 8).max(1);
-        self.len == 0 || self.len + slack <= self.max_items || self.max_bytes != u64::MAX
-    }
-
     /// Dead-letters expired items at the front of each class (cheap: stops at the first live one).
-    fn purge_expired_fronts(&mut self, now: Instant, graves: &mut Graveyard<T>) {
+    fn purge_expired_fronts(&mut self, room: &Room, now: Instant, graves: &mut Graveyard<T>) {
         for c in 0..CLASSES {
             while self.classes[c].front().is_some_and(|e| e.expired(now)) {
-                let e = self.remove(c, false);
+                let e = self.remove(room, c, false);
                 self.bury(graves, e, DropReason::Expired, now);
             }
         }
     }
+}
 
-    /// How long until an item of `weight` would fit, from the measured drain rate.
-    fn retry_hint(&self, weight: u64, now: Instant, bounds: RetryBounds) -> Duration {
-        let by_count = (self.len + 1).saturating_sub(self.max_items) as u64;
-        let over = self
-            .bytes
-            .saturating_add(weight)
-            .saturating_sub(self.max_bytes);
-        let by_bytes = if over == 0 || self.len == 0 {
-            0
-        } else {
-            let mean = (self.bytes / self.len as u64).max(1);
-            over.div_ceil(mean)
-        };
-        self.drain
-            .time_to_drain(by_count.max(by_bytes).max(1), now, bounds)
+impl Room {
+    fn release(&self, weight: u64) {
+        self.len.fetch_sub(1, SeqCst);
+        if weight > 0 {
+            self.bytes.fetch_sub(weight, SeqCst);
+        }
     }
 }
 
@@ -248,8 +245,23 @@ enum Step<T> {
     Wait(T),
 }
 
+// Layout: what producers write, what consumers write, and what both only read sit on separate cache
+// lines, so a producer and a consumer on two cores do not pull one line back and forth per item.
 struct Shared<T> {
-    state: Mutex<State<T>>,
+    /// Items and bytes held: reserved by producers, released by consumers.
+    room: CachePadded<Room>,
+    /// Items admitted so far; also the sequence number of the next one (producers).
+    admitted: CachePadded<AtomicU64>,
+    /// Producers waiting for room, and consumers waiting for items: written when one goes to sleep,
+    /// read on every push and pop.
+    push_waiters: CachePadded<AtomicUsize>,
+    pop_waiters: CachePadded<AtomicUsize>,
+    refused: RefusalCounters,
+    limits: CachePadded<Limits>,
+    /// Entries admitted without the lock, per class, until a lock holder moves them into `state`.
+    /// Unbounded on its own: what it holds is bounded by `room`, which every entry reserved first.
+    inbox: [SegQueue<Entry<T>>; CLASSES],
+    state: CachePadded<Mutex<State<T>>>,
     not_empty: Notify,
     not_full: Notify,
     dead_letter: Arc<dyn DeadLetterSink<T>>,
@@ -262,13 +274,181 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
+    /// Takes the lock and moves every staged entry into the classes, so the holder sees everything
+    /// admitted (but for pushes between their reservation and their staging).
     fn lock(&self) -> MutexGuard<'_, State<T>> {
+        let mut st = self.lock_state();
+        self.absorb(&mut st);
+        st
+    }
+
+    /// Takes the lock without looking at the inboxes: [`take`](Self::take) serves from them
+    /// directly when it can, and admission moves staged entries only when it must look at them.
+    fn lock_state(&self) -> MutexGuard<'_, State<T>> {
         // A panic in a dead-letter hook never happens under this lock, so the state is consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn absorb(&self, st: &mut State<T>) {
+        for inbox in &self.inbox {
+            while let Some(e) = inbox.pop() {
+                st.push_entry(e);
+            }
+        }
+    }
+
     fn weigh(&self, item: &T) -> u64 {
         self.weigher.as_ref().map_or(0, |w| w(item))
+    }
+
+    fn len(&self) -> usize {
+        self.room.len.load(SeqCst)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.room.bytes.load(SeqCst)
+    }
+
+    fn max_items(&self) -> usize {
+        self.limits.max_items.load(Acquire)
+    }
+
+    fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes.load(Acquire)
+    }
+
+    fn closed(&self) -> bool {
+        self.limits.closed.load(SeqCst)
+    }
+
+    /// Claims room for one item of `weight`, or leaves everything as it was.
+    fn reserve(&self, weight: u64) -> bool {
+        let max_bytes = self.max_bytes();
+        if self.bytes().saturating_add(weight) > max_bytes {
+            // Checked first, so that only a race with another push makes the count below undone.
+            return false;
+        }
+        let max_items = self.max_items();
+        let mut n = self.room.len.load(Relaxed);
+        loop {
+            if n >= max_items {
+                return false;
+            }
+            match self
+                .room
+                .len
+                .compare_exchange_weak(n, n + 1, SeqCst, Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => n = seen,
+            }
+        }
+        let mut b = self.room.bytes.load(Relaxed);
+        loop {
+            if b.saturating_add(weight) > max_bytes {
+                self.unreserve(0);
+                return false;
+            }
+            if weight == 0 {
+                return true;
+            }
+            match self
+                .room
+                .bytes
+                .compare_exchange_weak(b, b + weight, SeqCst, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(seen) => b = seen,
+            }
+        }
+    }
+
+    /// Gives back a reservation that was not used. Someone may have been refused, or gone to sleep,
+    /// while it was held: waiters of both kinds look again.
+    fn unreserve(&self, weight: u64) {
+        self.room.release(weight);
+        fence(SeqCst);
+        if self.push_waiters.load(Relaxed) > 0 {
+            self.not_full.notify_waiters();
+        }
+        if self.pop_waiters.load(Relaxed) > 0 {
+            self.not_empty.notify_waiters();
+        }
+    }
+
+    /// The way in without the lock: when there is room, claim it and stage the entry. Gives the item
+    /// back when the push needs the lock (no room, a past deadline, a closed queue).
+    fn push_fast(&self, item: T, weight: u64, meta: Meta, now: Instant) -> Result<(), T> {
+        if meta.deadline.is_some_and(|d| d <= now) || !self.reserve(weight) {
+            return Err(item);
+        }
+        // After the reservation: `close` sets the flag first and consumers stop only when nothing is
+        // reserved, so either this push sees the flag or a consumer waits for its item.
+        if self.closed() {
+            self.unreserve(weight);
+            return Err(item);
+        }
+        let entry = self.entry(item, weight, meta, now);
+        self.inbox[meta.priority.index()].push(entry);
+        self.wake_consumer();
+        Ok(())
+    }
+
+    fn entry(&self, item: T, weight: u64, meta: Meta, now: Instant) -> Entry<T> {
+        if meta.deadline.is_some() && !self.limits.deadlines.load(Relaxed) {
+            self.limits.deadlines.store(true, Relaxed);
+        }
+        Entry {
+            item,
+            weight,
+            meta,
+            enqueued: now,
+            seq: self.admitted.fetch_add(1, Relaxed),
+        }
+    }
+
+    /// Wakes one sleeping consumer, if any. The fence pairs with the one a consumer passes between
+    /// saying it sleeps and its last look for items: one of the two sees the other.
+    fn wake_consumer(&self) {
+        fence(SeqCst);
+        if self.pop_waiters.load(Relaxed) > 0 {
+            self.not_empty.notify_one();
+        }
+    }
+
+    /// Whether blocked producers should be woken now. Waking them on every freed slot makes a
+    /// producer and a consumer ping-pong one item at a time; instead they are woken once an eighth
+    /// of the item bound is free (or the queue is empty), and push a batch. A byte-bound queue
+    /// still wakes them on every departure, since the room a waiting item needs is unknown here.
+    fn wake_producers(&self) -> bool {
+        if self.push_waiters.load(SeqCst) == 0 {
+            return false;
+        }
+        let (len, max_items) = (self.len(), self.max_items());
+        let slack = (max_items / 8).max(1);
+        len == 0 || len + slack <= max_items || self.max_bytes() != u64::MAX
+    }
+
+    /// How long until an item of `weight` would fit, from the measured drain rate.
+    fn retry_hint(&self, st: &State<T>, weight: u64, now: Instant) -> Duration {
+        let (len, bytes, max_bytes) = (self.len(), self.bytes(), self.max_bytes());
+        let by_count = (len + 1).saturating_sub(self.max_items()) as u64;
+        let over = bytes.saturating_add(weight).saturating_sub(max_bytes);
+        let by_bytes = if over == 0 || len == 0 {
+            0
+        } else {
+            let mean = (bytes / len as u64).max(1);
+            over.div_ceil(mean)
+        };
+        st.drain
+            .time_to_drain(by_count.max(by_bytes).max(1), now, self.retry)
+    }
+
+    /// Queues an item whose room is reserved. It is staged like any other, so that what the classes
+    /// hold is always older than what is staged.
+    fn insert(&self, item: T, weight: u64, meta: Meta, now: Instant) {
+        let e = self.entry(item, weight, meta, now);
+        self.inbox[meta.priority.index()].push(e);
     }
 
     /// One admission attempt under the lock. Refusals are counted here, once per answer.
@@ -283,72 +463,81 @@ impl<T> Shared<T> {
         graves: &mut Graveyard<T>,
         may_wait: bool,
     ) -> Step<T> {
-        let refuse = |st: &mut State<T>, err: PushError<T>| {
-            st.refused.count(&err);
+        let refuse = |err: PushError<T>| {
+            self.refused.count(&err);
             Step::Done(Err(err))
         };
-        if st.closed {
-            return refuse(st, PushError::Closed { item });
+        let queued = |evicted| Step::Done(Ok(Admitted::Queued { evicted }));
+        if self.closed() {
+            return refuse(PushError::Closed { item });
         }
-        if weight > st.max_bytes {
-            let max_bytes = st.max_bytes;
-            return refuse(
-                st,
-                PushError::TooLarge {
-                    item,
-                    weight,
-                    max_bytes,
-                },
-            );
+        let max_bytes = self.max_bytes();
+        if weight > max_bytes {
+            return refuse(PushError::TooLarge {
+                item,
+                weight,
+                max_bytes,
+            });
         }
         if meta.deadline.is_some_and(|d| d <= now) {
-            return refuse(st, PushError::Expired { item });
+            return refuse(PushError::Expired { item });
         }
-        if !st.fits(weight) {
-            st.purge_expired_fronts(now, graves);
+        let mut reserved = self.reserve(weight);
+        if !reserved && self.limits.deadlines.load(Relaxed) {
+            self.absorb(st);
+            let before = graves.len();
+            st.purge_expired_fronts(&self.room, now, graves);
+            reserved = graves.len() > before && self.reserve(weight);
         }
-        if st.fits(weight) {
-            st.insert(item, weight, meta, now);
-            return Step::Done(Ok(Admitted::Queued { evicted: 0 }));
+        if reserved {
+            self.insert(item, weight, meta, now);
+            return queued(0);
         }
         match self.overflow {
             Overflow::Block if may_wait => Step::Wait(item),
             Overflow::Block | Overflow::Reject => {
-                let retry_after = st.retry_hint(weight, now, self.retry);
-                refuse(st, PushError::Full { item, retry_after })
+                let retry_after = self.retry_hint(st, weight, now);
+                refuse(PushError::Full { item, retry_after })
             }
             Overflow::DropNewest => self.bury_new(st, item, meta, graves, now),
             Overflow::DropOldest => {
+                self.absorb(st);
                 let mut evicted = 0;
-                while !st.fits(weight) {
-                    let c = st
-                        .oldest_class()
-                        .expect("an item that fits alone fits an empty queue");
-                    let e = st.remove(c, false);
+                while !self.reserve(weight) {
+                    // Nothing to evict means the room is held by pushes still on their way in.
+                    let Some(c) = st.oldest_class() else {
+                        return self.bury_new(st, item, meta, graves, now);
+                    };
+                    let e = st.remove(&self.room, c, false);
                     st.bury(graves, e, DropReason::Evicted, now);
                     evicted += 1;
                 }
-                st.insert(item, weight, meta, now);
-                Step::Done(Ok(Admitted::Queued { evicted }))
+                self.insert(item, weight, meta, now);
+                queued(evicted)
             }
             Overflow::DropLowestPriority => {
+                self.absorb(st);
                 let below = 0..meta.priority.index();
                 let spare_items: usize = below.clone().map(|c| st.classes[c].len()).sum();
                 let spare_bytes: u64 = below.map(|c| st.class_bytes[c]).sum();
-                let feasible = st.len - spare_items < st.max_items
-                    && (st.bytes - spare_bytes).saturating_add(weight) <= st.max_bytes;
+                let feasible = self.len().saturating_sub(spare_items) < self.max_items()
+                    && (self.bytes().saturating_sub(spare_bytes)).saturating_add(weight)
+                        <= max_bytes;
                 if !feasible {
                     return self.bury_new(st, item, meta, graves, now);
                 }
                 let mut evicted = 0;
-                while !st.fits(weight) {
-                    let c = st.lowest_class().expect("feasibility was checked");
-                    let e = st.remove(c, true);
+                while !self.reserve(weight) {
+                    let victim = st.lowest_class().filter(|&c| c < meta.priority.index());
+                    let Some(c) = victim else {
+                        return self.bury_new(st, item, meta, graves, now);
+                    };
+                    let e = st.remove(&self.room, c, true);
                     st.bury(graves, e, DropReason::Displaced, now);
                     evicted += 1;
                 }
-                st.insert(item, weight, meta, now);
-                Step::Done(Ok(Admitted::Queued { evicted }))
+                self.insert(item, weight, meta, now);
+                queued(evicted)
             }
         }
     }
@@ -379,11 +568,27 @@ impl<T> Shared<T> {
         now: Instant,
         graves: &mut Graveyard<T>,
     ) -> Option<Popped<T>> {
+        if st.codel.is_none() && st.classes.iter().all(VecDeque::is_empty) {
+            // The common case: everything queued is still staged. Serve it from there, highest
+            // class first, without moving it twice.
+            for c in (0..CLASSES).rev() {
+                while let Some(e) = self.inbox[c].pop() {
+                    self.room.release(e.weight);
+                    if e.expired(now) {
+                        st.bury(graves, e, DropReason::Expired, now);
+                        continue;
+                    }
+                    return Some(Self::serve(st, e, now));
+                }
+            }
+            return None;
+        }
+        self.absorb(st);
         loop {
             let c = st.highest_class()?;
             let front = st.classes[c].front().expect("class is not empty");
             if front.expired(now) {
-                let e = st.remove(c, false);
+                let e = st.remove(&self.room, c, false);
                 st.bury(graves, e, DropReason::Expired, now);
                 continue;
             }
@@ -397,34 +602,43 @@ impl<T> Shared<T> {
                 if codel.on_dequeue(delay, now) == Verdict::Shed {
                     // Shed the least important work first: the oldest item of the lowest class.
                     let victim = st.lowest_class().expect("queue is not empty");
-                    let e = st.remove(victim, false);
+                    let e = st.remove(&self.room, victim, false);
                     st.bury(graves, e, DropReason::Shed, now);
                     continue;
                 }
                 from_back = self.lifo && codel.is_standing();
             }
-            let e = st.remove(c, from_back);
+            let e = st.remove(&self.room, c, from_back);
             if e.expired(now) {
                 st.bury(graves, e, DropReason::Expired, now);
                 continue;
             }
-            let sojourn = now.saturating_duration_since(e.enqueued);
-            st.delivered += 1;
-            st.last_sojourn = sojourn;
-            st.drain.record(1, now);
-            return Some(Popped {
-                item: e.item,
-                priority: e.meta.priority,
-                sojourn,
-                deadline: e.meta.deadline,
-            });
+            return Some(Self::serve(st, e, now));
         }
+    }
+
+    fn serve(st: &mut State<T>, e: Entry<T>, now: Instant) -> Popped<T> {
+        let sojourn = now.saturating_duration_since(e.enqueued);
+        st.delivered += 1;
+        st.last_sojourn = sojourn;
+        st.drain.record(1, now);
+        Popped {
+            item: e.item,
+            priority: e.meta.priority,
+            sojourn,
+            deadline: e.meta.deadline,
+        }
+    }
+
+    /// True when a consumer may stop: closed, and nothing queued or on its way in.
+    fn finished(&self) -> bool {
+        self.closed() && self.len() == 0
     }
 
     /// Work that must happen after the lock is released: wake-ups, reports, dead-letter hooks.
     fn settle(&self, graves: Graveyard<T>, wake_consumer: bool, wake_producers: bool) {
         if wake_consumer {
-            self.not_empty.notify_one();
+            self.wake_consumer();
         }
         if wake_producers {
             self.not_full.notify_waiters();
@@ -436,15 +650,18 @@ impl<T> Shared<T> {
         }
     }
 
-    fn report_push(&self, result: &Result<Admitted, PushError<T>>, len: usize, bytes: u64) {
+    fn report_push(&self, result: &Result<Admitted, PushError<T>>) {
+        if !self.reporter.is_enabled() {
+            return;
+        }
         self.reporter.counter("offered", "", 1);
         match result {
             Ok(Admitted::Queued { .. }) => self.reporter.counter("accepted", "", 1),
             Ok(Admitted::DeadLettered) => {}
             Err(e) => self.reporter.counter("refused", e.reason(), 1),
         }
-        self.reporter.gauge("depth", len as f64);
-        self.reporter.gauge("bytes", bytes as f64);
+        self.reporter.gauge("depth", self.len() as f64);
+        self.reporter.gauge("bytes", self.bytes() as f64);
     }
 }
 
@@ -489,11 +706,10 @@ impl<T> Clone for Queue<T> {
 
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.shared.lock();
         f.debug_struct("Queue")
-            .field("len", &st.len)
-            .field("bytes", &st.bytes)
-            .field("max_items", &st.max_items)
+            .field("len", &self.shared.len())
+            .field("bytes", &self.shared.bytes())
+            .field("max_items", &self.shared.max_items())
             .field("overflow", &self.shared.overflow)
             .finish_non_exhaustive()
     }
@@ -516,25 +732,30 @@ impl<T> Queue<T> {
         let state = State {
             classes: Default::default(),
             class_bytes: [0; CLASSES],
-            len: 0,
-            bytes: 0,
-            max_items: b.max_items,
-            max_bytes: b.max_bytes.unwrap_or(u64::MAX),
-            closed: false,
-            seq: 0,
             drain: DrainRate::new(b.drain_window, b.drain_time_constant, now),
             codel: b.codel,
-            offered: 0,
             delivered: 0,
-            refused: Refusals::default(),
             dead: DropCounts::default(),
-            push_waiters: 0,
-            pop_waiters: 0,
             last_sojourn: Duration::ZERO,
         };
         Queue {
             shared: Arc::new(Shared {
-                state: Mutex::new(state),
+                room: CachePadded::new(Room {
+                    len: AtomicUsize::new(0),
+                    bytes: AtomicU64::new(0),
+                }),
+                admitted: CachePadded::new(AtomicU64::new(0)),
+                push_waiters: CachePadded::new(AtomicUsize::new(0)),
+                pop_waiters: CachePadded::new(AtomicUsize::new(0)),
+                refused: RefusalCounters::default(),
+                limits: CachePadded::new(Limits {
+                    max_items: AtomicUsize::new(b.max_items),
+                    max_bytes: AtomicU64::new(b.max_bytes.unwrap_or(u64::MAX)),
+                    closed: AtomicBool::new(false),
+                    deadlines: AtomicBool::new(false),
+                }),
+                inbox: Default::default(),
+                state: CachePadded::new(Mutex::new(state)),
                 not_empty: Notify::new(),
                 not_full: Notify::new(),
                 dead_letter,
@@ -563,24 +784,29 @@ impl<T> Queue<T> {
     /// The item comes back in a [`PushError`]: `Full` (with a retry hint), `TooLarge`, `Expired` or
     /// `Closed`.
     pub fn try_push_with(&self, item: T, meta: Meta) -> Result<Admitted, PushError<T>> {
-        let weight = self.shared.weigh(&item);
-        let now = self.shared.epoch.now();
+        let shared = &*self.shared;
+        let weight = shared.weigh(&item);
+        let now = shared.epoch.now();
+        let item = match shared.push_fast(item, weight, meta, now) {
+            Ok(()) => {
+                let result = Ok(Admitted::Queued { evicted: 0 });
+                shared.report_push(&result);
+                return result;
+            }
+            Err(item) => item,
+        };
         let mut graves = Vec::new();
-        let (result, len, bytes, consumers) = {
-            let mut st = self.shared.lock();
-            st.offered += 1;
-            let step = self
-                .shared
-                .admit(&mut st, item, weight, meta, now, &mut graves, false);
+        let result = {
+            let mut st = shared.lock_state();
+            let step = shared.admit(&mut st, item, weight, meta, now, &mut graves, false);
             let Step::Done(result) = step else {
                 unreachable!("admit never asks to wait when waiting is not allowed")
             };
-            let consumers = st.pop_waiters > 0;
-            (result, st.len, st.bytes, consumers)
+            result
         };
-        self.shared.report_push(&result, len, bytes);
+        shared.report_push(&result);
         let queued = matches!(result, Ok(Admitted::Queued { .. }));
-        self.shared.settle(graves, queued && consumers, false);
+        shared.settle(graves, queued, false);
         result
     }
 
@@ -616,7 +842,6 @@ impl<T> Queue<T> {
             shared: &self.shared,
             item: Some(item),
             meta,
-            counted: false,
             waiting: false,
         };
         async move { pending.run().await }
@@ -630,17 +855,17 @@ impl<T> Queue<T> {
     pub fn try_pop(&self) -> Result<Popped<T>, PopError> {
         let now = self.shared.epoch.now();
         let mut graves = Vec::new();
-        let (popped, closed, wake) = {
-            let mut st = self.shared.lock();
+        let (popped, wake) = {
+            let mut st = self.shared.lock_state();
             let popped = self.shared.take(&mut st, now, &mut graves);
-            (popped, st.closed, st.wake_producers())
+            (popped, self.shared.wake_producers())
         };
         let freed = popped.is_some() || !graves.is_empty();
         self.shared.settle(graves, false, freed && wake);
         self.report_pop(&popped);
         match popped {
             Some(p) => Ok(p),
-            None if closed => Err(PopError::Closed),
+            None if self.shared.finished() => Err(PopError::Closed),
             None => Err(PopError::Empty),
         }
     }
@@ -651,37 +876,39 @@ impl<T> Queue<T> {
     /// # Cancel safety
     /// Cancel safe: an item is removed from the queue only in the poll that returns it.
     pub async fn pop(&self) -> Option<Popped<T>> {
+        let shared = &*self.shared;
         let mut wait = PopWait {
-            shared: &self.shared,
+            shared,
             registered: false,
         };
         loop {
-            let notified = self.shared.not_empty.notified();
+            let notified = shared.not_empty.notified();
             tokio::pin!(notified);
-            let now = self.shared.epoch.now();
+            let now = shared.epoch.now();
             let mut graves = Vec::new();
-            let (popped, closed, wake) = {
-                let mut st = self.shared.lock();
-                if wait.registered {
-                    st.pop_waiters -= 1;
-                    wait.registered = false;
-                }
-                let popped = self.shared.take(&mut st, now, &mut graves);
-                if popped.is_none() && !st.closed {
-                    // Register before the lock is released, so a push in between cannot be missed.
+            let (popped, wake) = {
+                let mut st = shared.lock_state();
+                wait.unregister();
+                let mut popped = shared.take(&mut st, now, &mut graves);
+                if popped.is_none() && !shared.finished() {
+                    // Say we sleep, then look once more: a push staged in between either sees us
+                    // (and wakes us) or is seen here.
                     notified.as_mut().enable();
-                    st.pop_waiters += 1;
-                    wait.registered = true;
+                    wait.register();
+                    popped = shared.take(&mut st, now, &mut graves);
+                    if popped.is_some() {
+                        wait.unregister();
+                    }
                 }
-                (popped, st.closed, st.wake_producers())
+                (popped, shared.wake_producers())
             };
             let freed = popped.is_some() || !graves.is_empty();
-            self.shared.settle(graves, false, freed && wake);
+            shared.settle(graves, false, freed && wake);
             if popped.is_some() {
                 self.report_pop(&popped);
                 return popped;
             }
-            if closed {
+            if !wait.registered {
                 return None;
             }
             notified.await;
@@ -706,14 +933,14 @@ impl<T> Queue<T> {
         let now = self.shared.epoch.now();
         let mut graves = Vec::new();
         let wake = {
-            let mut st = self.shared.lock();
+            let mut st = self.shared.lock_state();
             while buf.len() - start < max {
                 match self.shared.take(&mut st, now, &mut graves) {
                     Some(p) => buf.push(p),
                     None => break,
                 }
             }
-            st.wake_producers()
+            self.shared.wake_producers()
         };
         let n = buf.len() - start;
         self.shared.settle(graves, false, wake);
@@ -737,28 +964,28 @@ impl<T> Queue<T> {
 
     /// Dead-letters every queued item whose deadline has passed; returns how many.
     pub fn expire(&self) -> usize {
-        let now = self.shared.epoch.now();
+        let shared = &*self.shared;
+        let now = shared.epoch.now();
         let mut graves = Vec::new();
         let waiters = {
-            let mut st = self.shared.lock();
+            let mut st = shared.lock();
             for c in 0..CLASSES {
                 let mut i = 0;
                 while i < st.classes[c].len() {
                     if st.classes[c][i].expired(now) {
                         let e = st.classes[c].remove(i).expect("index is in range");
                         st.class_bytes[c] -= e.weight;
-                        st.len -= 1;
-                        st.bytes -= e.weight;
+                        shared.room.release(e.weight);
                         st.bury(&mut graves, e, DropReason::Expired, now);
                     } else {
                         i += 1;
                     }
                 }
             }
-            st.wake_producers()
+            shared.wake_producers()
         };
         let n = graves.len();
-        self.shared.settle(graves, false, n > 0 && waiters);
+        shared.settle(graves, false, n > 0 && waiters);
         n
     }
 
@@ -776,9 +1003,12 @@ impl<T> Queue<T> {
             return Err(BuildError::BytesWithoutWeigher);
         }
         {
-            let mut st = self.shared.lock();
-            st.max_items = max_items;
-            st.max_bytes = max_bytes.unwrap_or(u64::MAX);
+            let _st = self.shared.lock();
+            let limits = &self.shared.limits;
+            limits.max_items.store(max_items, Release);
+            limits
+                .max_bytes
+                .store(max_bytes.unwrap_or(u64::MAX), Release);
         }
         self.shared.not_full.notify_waiters();
         Ok(())
@@ -787,19 +1017,24 @@ impl<T> Queue<T> {
     /// Closes the queue: pushes are refused with [`PushError::Closed`] (blocked ones too), and pops
     /// drain what is left, then return `None`.
     pub fn close(&self) {
-        self.shared.lock().closed = true;
+        {
+            let _st = self.shared.lock();
+            self.shared.limits.closed.store(true, SeqCst);
+        }
         self.shared.not_full.notify_waiters();
         self.shared.not_empty.notify_waiters();
     }
 
     /// True once [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.closed()
     }
 
     /// Items queued now.
+    ///
+    /// Pushes on their way in are counted from the moment they claimed their room.
     pub fn len(&self) -> usize {
-        self.shared.lock().len
+        self.shared.len()
     }
 
     /// True when nothing is queued.
@@ -810,12 +1045,13 @@ impl<T> Queue<T> {
     /// How full the queue is: the larger of `len / max_items` and `bytes / max_bytes`. Feed this to a
     /// [`Pressure`](crate::Pressure).
     pub fn utilisation(&self) -> f64 {
-        let st = self.shared.lock();
-        let by_items = st.len as f64 / st.max_items as f64;
-        let by_bytes = if st.max_bytes == u64::MAX {
+        let shared = &*self.shared;
+        let by_items = shared.len() as f64 / shared.max_items() as f64;
+        let max_bytes = shared.max_bytes();
+        let by_bytes = if max_bytes == u64::MAX {
             0.0
         } else {
-            st.bytes as f64 / st.max_bytes as f64
+            shared.bytes() as f64 / max_bytes as f64
         };
         by_items.max(by_bytes)
     }
@@ -829,16 +1065,25 @@ impl<T> Queue<T> {
 
     /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> QueueStats {
-        let now = self.shared.epoch.now();
-        let st = self.shared.lock();
+        let shared = &*self.shared;
+        let now = shared.epoch.now();
+        let st = shared.lock();
+        let refused = shared.refused.snapshot();
+        // Every push ends admitted, refused, dead-lettered at the door, or cancelled; `offered` is
+        // their sum, so the law below checks what became of what was admitted.
+        let offered = shared.admitted.load(SeqCst)
+            + refused.total()
+            + st.dead.get(DropReason::Full)
+            + st.dead.get(DropReason::Cancelled);
+        let max_bytes = shared.max_bytes();
         QueueStats {
-            len: st.len,
-            bytes: st.bytes,
-            max_items: st.max_items,
-            max_bytes: (st.max_bytes != u64::MAX).then_some(st.max_bytes),
-            offered: st.offered,
+            len: shared.len(),
+            bytes: shared.bytes(),
+            max_items: shared.max_items(),
+            max_bytes: (max_bytes != u64::MAX).then_some(max_bytes),
+            offered,
             delivered: st.delivered,
-            refused: st.refused,
+            refused,
             dead_lettered: st.dead,
             drain_per_second: st.drain.per_second(now),
             oldest_sojourn: st
@@ -846,7 +1091,7 @@ impl<T> Queue<T> {
                 .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
             last_sojourn: st.last_sojourn,
             standing: st.codel.as_ref().is_some_and(CoDel::is_standing),
-            closed: st.closed,
+            closed: shared.closed(),
         }
     }
 }
@@ -857,11 +1102,24 @@ struct PopWait<'a, T> {
     registered: bool,
 }
 
+impl<T> PopWait<'_, T> {
+    fn register(&mut self) {
+        self.shared.pop_waiters.fetch_add(1, SeqCst);
+        self.registered = true;
+        fence(SeqCst);
+    }
+
+    fn unregister(&mut self) {
+        if self.registered {
+            self.shared.pop_waiters.fetch_sub(1, SeqCst);
+            self.registered = false;
+        }
+    }
+}
+
 impl<T> Drop for PopWait<'_, T> {
     fn drop(&mut self) {
-        if self.registered {
-            self.shared.lock().pop_waiters -= 1;
-        }
+        self.unregister();
     }
 }
 
@@ -871,34 +1129,41 @@ struct PendingPush<'a, T> {
     item: Option<T>,
     weight: u64,
     meta: Meta,
-    /// Whether `offered` was counted for this item.
-    counted: bool,
     /// Whether this push is counted in `push_waiters`.
     waiting: bool,
 }
 
 impl<T> PendingPush<'_, T> {
+    fn unregister(&mut self) {
+        if self.waiting {
+            self.shared.push_waiters.fetch_sub(1, SeqCst);
+            self.waiting = false;
+        }
+    }
+
     async fn run(&mut self) -> Result<Admitted, PushError<T>> {
         let shared = self.shared;
         loop {
-            let notified = shared.not_full.notified();
-            tokio::pin!(notified);
-            let now = self.shared.epoch.now();
-            let mut graves = Vec::new();
+            let now = shared.epoch.now();
             let item = self
                 .item
                 .take()
                 .expect("a pending push holds its item until it ends");
-            let (outcome, len, bytes, consumers) = {
-                let mut st = shared.lock();
-                if !self.counted {
-                    st.offered += 1;
-                    self.counted = true;
+            let item = match shared.push_fast(item, self.weight, self.meta, now) {
+                Ok(()) => {
+                    self.unregister();
+                    let result = Ok(Admitted::Queued { evicted: 0 });
+                    shared.report_push(&result);
+                    return result;
                 }
-                if self.waiting {
-                    st.push_waiters -= 1;
-                    self.waiting = false;
-                }
+                Err(item) => item,
+            };
+            let notified = shared.not_full.notified();
+            tokio::pin!(notified);
+            let mut graves = Vec::new();
+            let outcome = {
+                let mut st = shared.lock_state();
+                self.unregister();
                 let step = shared.admit(
                     &mut st,
                     item,
@@ -908,23 +1173,31 @@ impl<T> PendingPush<'_, T> {
                     &mut graves,
                     true,
                 );
-                let outcome = match step {
+                match step {
                     Step::Done(result) => Some(result),
                     Step::Wait(item) => {
-                        self.item = Some(item);
-                        st.push_waiters += 1;
-                        self.waiting = true;
+                        // Say we wait, then try once more: room given back without the lock (a
+                        // reservation undone) either is seen here or wakes us.
                         notified.as_mut().enable();
-                        None
+                        shared.push_waiters.fetch_add(1, SeqCst);
+                        self.waiting = true;
+                        fence(SeqCst);
+                        if shared.reserve(self.weight) {
+                            self.unregister();
+                            shared.insert(item, self.weight, self.meta, now);
+                            Some(Ok(Admitted::Queued { evicted: 0 }))
+                        } else {
+                            self.item = Some(item);
+                            None
+                        }
                     }
-                };
-                (outcome, st.len, st.bytes, st.pop_waiters > 0)
+                }
             };
             match outcome {
                 Some(result) => {
-                    shared.report_push(&result, len, bytes);
+                    shared.report_push(&result);
                     let queued = matches!(result, Ok(Admitted::Queued { .. }));
-                    shared.settle(graves, queued && consumers, false);
+                    shared.settle(graves, queued, false);
                     return result;
                 }
                 None => {
@@ -938,19 +1211,11 @@ impl<T> PendingPush<'_, T> {
 
 impl<T> Drop for PendingPush<'_, T> {
     fn drop(&mut self) {
+        self.unregister();
         let Some(item) = self.item.take() else {
             return;
         };
-        {
-            let mut st = self.shared.lock();
-            if !self.counted {
-                st.offered += 1;
-            }
-            if self.waiting {
-                st.push_waiters -= 1;
-            }
-            st.dead.add(DropReason::Cancelled, 1);
-        }
+        self.shared.lock_state().dead.add(DropReason::Cancelled, 1);
         let letter = DeadLetter {
             item,
             reason: DropReason::Cancelled,

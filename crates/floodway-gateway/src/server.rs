@@ -214,19 +214,18 @@ fn add_signal_headers(h: &mut HeaderMap, topic: &Topic, remaining: Option<(u32, 
             format!("\"producer\";r=0;t={w}"),
         ),
         _ => {
-            // No producer quota: the policy in force is the backlog bound.
+            // No producer quota: the policy in force is the backlog bound, fixed per topic.
             let max = topic.config.max_backlog_events;
             let used = (topic.utilisation() * max as f64) as u64;
-            (
-                format!("\"backlog\";q={max}"),
-                format!("\"backlog\";r={}", max.saturating_sub(used)),
-            )
+            let state = format!("\"backlog\";r={}", max.saturating_sub(used));
+            if let Ok(s) = HeaderValue::try_from(state) {
+                h.insert("ratelimit-policy", topic.backlog_policy.clone());
+                h.insert("ratelimit", s);
+            }
+            return;
         }
     };
-    if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_str(&policy),
-        HeaderValue::from_str(&state),
-    ) {
+    if let (Ok(p), Ok(s)) = (HeaderValue::try_from(policy), HeaderValue::try_from(state)) {
         h.insert("ratelimit-policy", p);
         h.insert("ratelimit", s);
     }
@@ -291,21 +290,18 @@ async fn accept(
         }
         Some(Ok(v)) => v.trim().to_owned(),
     };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
     if !essence.contains('/') {
         return Err(Problem::unsupported(format!(
             "Content-Type {ct:?} is not a media type"
         )));
     }
-    let kind = match essence.as_str() {
-        "application/json" => Kind::Json,
-        "application/x-ndjson" => Kind::Ndjson,
-        _ => Kind::Opaque,
+    let kind = if essence.eq_ignore_ascii_case("application/json") {
+        Kind::Json
+    } else if essence.eq_ignore_ascii_case("application/x-ndjson") {
+        Kind::Ndjson
+    } else {
+        Kind::Opaque
     };
     let max_event = topic.config.max_event_bytes.0;
     let limit = match kind {
@@ -398,7 +394,6 @@ async fn accept(
     };
     let n = events.len() as u64;
     let total: u64 = events.iter().map(|e| e.body.len() as u64).sum();
-    let producer = producer_key(headers, addr);
     let refused = |r: Refusal| match r {
         Refusal::Quota {
             retry_after,
@@ -413,7 +408,9 @@ async fn accept(
             detail,
         } => Problem::unavailable(detail, retry_after),
     };
-    let allowed = topic.check_quota(&producer, n as u32).map_err(refused)?;
+    let allowed = topic
+        .check_quota(|| producer_key(headers, addr), n as u32)
+        .map_err(refused)?;
     let reservation = match topic.reserve(n, total, priority) {
         Ok(r) => r,
         Err(_) if topic.strategy == Strategy::Drop => {

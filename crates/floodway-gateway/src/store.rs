@@ -436,6 +436,18 @@ fn log_entries(mut b: &[u8]) -> Result<Vec<LogEntry<'_>>, StoreError> {
     Ok(out)
 }
 
+/// The next sequence number of `topic`, taken (numbers start at 1); no allocation once the topic
+/// is known.
+fn take_seq(next: &mut HashMap<String, u64>, topic: &str) -> u64 {
+    let n = match next.get_mut(topic) {
+        Some(n) => n,
+        None => next.entry(topic.to_owned()).or_insert(1),
+    };
+    let seq = *n;
+    *n += 1;
+    seq
+}
+
 enum Op {
     Append(String, Vec<NewEvent>, Reply<Vec<Appended>>),
     Ack(String, Vec<u64>, Reply<()>),
@@ -815,6 +827,8 @@ impl Writer {
                 let mut idem = txn.open_table(IDEMPOTENCY).map_err(err)?;
                 let mut seqs = txn.open_table(NEXT_SEQ).map_err(err)?;
                 let now = now_ms();
+                // Topics whose sequence numbers this batch used (a batch rarely spans many).
+                let mut touched: Vec<String> = Vec::new();
                 for op in pending.by_ref() {
                     match op {
                         Op::Append(topic, new, reply) => {
@@ -835,9 +849,7 @@ impl Writer {
                                         }
                                     }
                                 }
-                                let next = self.next.entry(topic.clone()).or_insert(1);
-                                let seq = *next;
-                                *next += 1;
+                                let seq = take_seq(&mut self.next, &topic);
                                 buf.clear();
                                 encode(&e, &mut buf);
                                 events
@@ -854,11 +866,9 @@ impl Writer {
                                     duplicate: false,
                                 });
                             }
-                            seqs.insert(
-                                topic.as_str(),
-                                self.next.get(&topic).copied().unwrap_or(1),
-                            )
-                            .map_err(err)?;
+                            if !touched.contains(&topic) {
+                                touched.push(topic);
+                            }
                             outcomes.push(Outcome::Appended(reply, out));
                         }
                         Op::Ack(topic, acked, reply) => {
@@ -885,9 +895,7 @@ impl Writer {
                             for (old, bytes) in rows {
                                 let d = decode_dead(&bytes)?;
                                 dead.remove((topic.as_str(), old)).map_err(err)?;
-                                let next = self.next.entry(topic.clone()).or_insert(1);
-                                let seq = *next;
-                                *next += 1;
+                                let seq = take_seq(&mut self.next, &topic);
                                 let mut event = d.stored.event;
                                 // A replayed event gets a fresh chance: its TTL no longer applies.
                                 event.deadline_ms = None;
@@ -898,14 +906,17 @@ impl Writer {
                                     .map_err(err)?;
                                 moved.push(StoredEvent { seq, event });
                             }
-                            seqs.insert(
-                                topic.as_str(),
-                                self.next.get(&topic).copied().unwrap_or(1),
-                            )
-                            .map_err(err)?;
+                            if !touched.contains(&topic) {
+                                touched.push(topic);
+                            }
                             outcomes.push(Outcome::Replayed(reply, moved));
                         }
                     }
+                }
+                // Each topic's next sequence number once per batch, not once per request.
+                for topic in &touched {
+                    let next = self.next.get(topic).copied().unwrap_or(1);
+                    seqs.insert(topic.as_str(), next).map_err(err)?;
                 }
                 // Forget expired idempotency keys now and then, so the table stays bounded by the
                 // keys seen within the window.

@@ -151,6 +151,8 @@ pub struct Topic {
     oldest_ms: AtomicU64,
     pressure: Pressure,
     producers: Option<KeyedRateLimiter<String>>,
+    /// The `RateLimit-Policy` header of a topic without a producer quota: its backlog bound.
+    pub backlog_policy: axum::http::HeaderValue,
     /// The delivery concurrency limit.
     pub limiter: ConcurrencyLimiter,
     /// Adaptive delivery pacing.
@@ -221,6 +223,11 @@ impl Topic {
             .expect("checked configuration");
         let now = Instant::now();
         Topic {
+            backlog_policy: axum::http::HeaderValue::try_from(format!(
+                "\"backlog\";q={}",
+                config.max_backlog_events
+            ))
+            .expect("digits are a valid header value"),
             producers: config
                 .producers
                 .map(|r| KeyedRateLimiter::new(quota(r), 100_000)),
@@ -313,14 +320,14 @@ impl Topic {
     /// Checks the producer's quota for `n` events.
     pub fn check_quota(
         &self,
-        producer: &str,
+        producer: impl FnOnce() -> String,
         n: u32,
     ) -> Result<Option<floodway::limit::rate::Allowed>, Refusal> {
         let Some(limiter) = &self.producers else {
             return Ok(None);
         };
         let n = NonZeroU32::new(n.max(1)).expect("at least 1");
-        match limiter.check_n(&producer.to_owned(), n) {
+        match limiter.check_n(&producer(), n) {
             Ok(a) => Ok(Some(a)),
             Err(e) => {
                 self.count_refusal("quota");

@@ -33,7 +33,14 @@ async fn an_event_is_delivered_once_and_a_repeated_key_is_not_stored_twice() {
     let r = send().await.unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["floodway-pressure"], "normal");
-    assert!(r.headers().contains_key("ratelimit-policy") && r.headers().contains_key("ratelimit"));
+    // No producer quota: the policy in force is the backlog bound (the default 100 000 events),
+    // and what remains of it is what this event left (or all of it, once delivered).
+    assert_eq!(r.headers()["ratelimit-policy"], "\"backlog\";q=100000");
+    let state = r.headers()["ratelimit"].to_str().unwrap();
+    assert!(
+        ["\"backlog\";r=99999", "\"backlog\";r=100000"].contains(&state),
+        "{state}"
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["accepted"], 1);
     let id = body["ids"][0].as_str().unwrap().to_owned();

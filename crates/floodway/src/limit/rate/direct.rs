@@ -2,7 +2,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::gcra::{self, Decision};
+use super::gcra;
 use super::{Allowed, InsufficientCapacity, Quota, RateError, RateLimited};
 use crate::clock::{Clock, Epoch};
 
@@ -26,10 +26,12 @@ use crate::clock::{Clock, Epoch};
 pub struct RateLimiter {
     epoch: Epoch,
     tat: AtomicU64,
-    // The quota is read as two relaxed loads: a check racing a quota change may use one old and one
-    // new field, which changes that one decision by at most the difference between the quotas.
+    // The quota is read as relaxed loads: a check racing a quota change may use old and new fields
+    // together, which changes that one decision by at most the difference between the quotas.
     interval_nanos: AtomicU64,
     burst: AtomicU64,
+    /// `interval_nanos * burst`, kept so that a check does not multiply.
+    tau_nanos: AtomicU64,
     limited: AtomicU64,
 }
 
@@ -42,13 +44,16 @@ impl RateLimiter {
     /// A limiter with `quota` that reads `clock`; [`Clock::tsc`] makes a check several times
     /// cheaper, at the price of not following paused tokio time.
     pub fn with_clock(quota: Quota, clock: Clock) -> Self {
-        RateLimiter {
+        let limiter = RateLimiter {
             epoch: clock.epoch(),
             tat: AtomicU64::new(0),
-            interval_nanos: AtomicU64::new(quota.interval.as_nanos() as u64),
-            burst: AtomicU64::new(u64::from(quota.burst.get())),
+            interval_nanos: AtomicU64::new(0),
+            burst: AtomicU64::new(1),
+            tau_nanos: AtomicU64::new(0),
             limited: AtomicU64::new(0),
-        }
+        };
+        limiter.set_quota(quota);
+        limiter
     }
 
     /// The current quota.
@@ -62,10 +67,12 @@ impl RateLimiter {
 
     /// Replaces the quota; takes effect for the next check.
     pub fn set_quota(&self, quota: Quota) {
-        self.interval_nanos
-            .store(quota.interval.as_nanos() as u64, Ordering::Relaxed);
+        let t = quota.interval.as_nanos() as u64;
+        self.interval_nanos.store(t, Ordering::Relaxed);
         self.burst
             .store(u64::from(quota.burst.get()), Ordering::Relaxed);
+        self.tau_nanos
+            .store(gcra::tolerance(t, quota.burst.get()), Ordering::Relaxed);
     }
 
     /// How many requests were refused so far.
@@ -79,11 +86,8 @@ impl RateLimiter {
     /// [`RateLimited`] with the exact time until one cell is available.
     #[inline]
     pub fn check(&self) -> Result<Allowed, RateLimited> {
-        match self.check_n_at(1, self.epoch.nanos()) {
-            Ok(a) => Ok(a),
-            Err(RateError::Limited(l)) => Err(l),
-            Err(RateError::Insufficient(_)) => unreachable!("a burst is at least one cell"),
-        }
+        // One cell always fits: a burst is at least one.
+        self.take(1, self.epoch.nanos())
     }
 
     /// Takes `n` cells at once, or none.
@@ -91,42 +95,53 @@ impl RateLimiter {
     /// # Errors
     /// [`RateError::Limited`] when not now; [`RateError::Insufficient`] when `n` exceeds the burst.
     pub fn check_n(&self, n: NonZeroU32) -> Result<Allowed, RateError> {
-        self.check_n_at(n.get(), self.epoch.nanos())
+        let (n, burst) = (n.get(), self.burst.load(Ordering::Relaxed) as u32);
+        if n > burst {
+            return Err(RateError::Insufficient(InsufficientCapacity {
+                requested: n,
+                burst,
+            }));
+        }
+        self.take(n, self.epoch.nanos()).map_err(RateError::Limited)
     }
 
+    /// Takes `n` cells, known to fit in the burst, if the quota allows them at `now`.
     #[inline]
-    fn check_n_at(&self, n: u32, now: u64) -> Result<Allowed, RateError> {
+    fn take(&self, n: u32, now: u64) -> Result<Allowed, RateLimited> {
         let interval = self.interval_nanos.load(Ordering::Relaxed);
-        // A stored burst is always at least 1 (it comes from a `NonZeroU32`).
-        let burst = self.burst.load(Ordering::Relaxed) as u32;
+        let tau = self.tau_nanos.load(Ordering::Relaxed);
+        let step = interval.saturating_mul(u64::from(n));
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
-            match gcra::decide_raw(interval, burst, tat, now, n) {
-                Decision::Allow { tat: next, allowed } => {
-                    match self.tat.compare_exchange_weak(
-                        tat,
-                        next,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return Ok(allowed),
-                        Err(current) => tat = current,
-                    }
+            let next = match gcra::test(tau, step, tat, now) {
+                Ok(next) => next,
+                Err(wait) => return Err(self.refuse(wait)),
+            };
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return Ok(Allowed {
+                        burst: self.burst.load(Ordering::Relaxed) as u32,
+                        interval_nanos: interval,
+                        debt_nanos: next - now,
+                    });
                 }
-                Decision::Deny { wait } => {
-                    self.limited.fetch_add(1, Ordering::Relaxed);
-                    return Err(RateError::Limited(RateLimited {
-                        retry_after: Duration::from_nanos(wait),
-                        limit: burst,
-                    }));
-                }
-                Decision::Never => {
-                    return Err(RateError::Insufficient(InsufficientCapacity {
-                        requested: n,
-                        burst,
-                    }));
-                }
+                Err(current) => tat = current,
             }
+        }
+    }
+
+    /// A refusal, `wait_nanos` before the request would pass: counted, with its exact wait. Out of
+    /// line, so the path that lets a request through stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&self, wait_nanos: u64) -> RateLimited {
+        self.limited.fetch_add(1, Ordering::Relaxed);
+        RateLimited {
+            retry_after: Duration::from_nanos(wait_nanos),
+            limit: self.burst.load(Ordering::Relaxed) as u32,
         }
     }
 

@@ -16,37 +16,50 @@ pub(crate) enum Decision {
 /// Tests `n` cells arriving at `now` against `tat`, all in nanoseconds.
 #[inline]
 pub(crate) fn decide(quota: Quota, tat: u64, now: u64, n: u32) -> Decision {
-    decide_raw(
-        quota.interval.as_nanos() as u64,
-        quota.burst.get(),
-        tat,
-        now,
-        n,
-    )
-}
-
-/// [`decide`] on a quota given as its emission interval `t` (nanoseconds) and `burst`, the form a
-/// limiter keeps in atomics (no `Duration` round trip on the hot path).
-#[inline]
-pub(crate) fn decide_raw(t: u64, burst: u32, tat: u64, now: u64, n: u32) -> Decision {
+    let t = quota.interval.as_nanos() as u64;
+    let burst = quota.burst.get();
     if n > burst {
         return Decision::Never;
     }
-    let tau = t.saturating_mul(u64::from(burst));
-    let new_tat = tat.max(now).saturating_add(t.saturating_mul(u64::from(n)));
+    match test(
+        tolerance(t, burst),
+        t.saturating_mul(u64::from(n)),
+        tat,
+        now,
+    ) {
+        Ok(tat) => Decision::Allow {
+            tat,
+            allowed: Allowed {
+                burst,
+                interval_nanos: t,
+                debt_nanos: tat - now,
+            },
+        },
+        Err(wait) => Decision::Deny { wait },
+    }
+}
+
+/// The burst tolerance (tau): how far the TAT may run ahead of now, `burst` emission intervals
+/// of `t` nanoseconds.
+#[inline]
+pub(crate) fn tolerance(t: u64, burst: u32) -> u64 {
+    t.saturating_mul(u64::from(burst))
+}
+
+/// The GCRA test itself: a request costing `step` nanoseconds of emission (n cells times the
+/// interval) at `now`, against `tat`, with tolerance `tau`. The new TAT when it passes, else how
+/// long until it would. The caller has checked that the request fits in the burst at all.
+///
+/// Kept to this much so that a limiter that stores `tau` beside its quota pays one comparison and
+/// no multiplication per check.
+#[inline(always)]
+pub(crate) fn test(tau: u64, step: u64, tat: u64, now: u64) -> Result<u64, u64> {
+    let new_tat = tat.max(now).saturating_add(step);
     let allow_at = new_tat.saturating_sub(tau);
     if now < allow_at {
-        return Decision::Deny {
-            wait: allow_at - now,
-        };
-    }
-    Decision::Allow {
-        tat: new_tat,
-        allowed: Allowed {
-            burst,
-            interval_nanos: t,
-            debt_nanos: new_tat - now,
-        },
+        Err(allow_at - now)
+    } else {
+        Ok(new_tat)
     }
 }
 

@@ -29,12 +29,16 @@ max_backlog_bytes = "64GiB"
 # delivery competing for the same two cores.
 rate_limit = { per_second = 1 }
 TOML
+# Each run starts from a written-back disk (`sync`): without it, a run pays for the writeback of
+# the one before it, which was seen to cost the second of two back-to-back gateway runs 10-20%.
 start bare bare
 b=$(bench bare "$(url bare)/v1/topics/bench/events" post-event.lua)
 kill "${pids[0]}"
+sync
 start gw serve --config "$tmp/gw.toml" --listen 127.0.0.1:0 --data-dir "$tmp/data"
 gw=$(url gw)
 g=$(bench gateway "$gw/v1/topics/bench/events" post-event.lua)
+sync
 n=$(bench gateway-ndjson100 "$gw/v1/topics/bench/events" post-batch.lua)
 echo "$b"; echo "$g"; echo "$n"
 awk -v b="${b#* }" -v g="${g#* }" -v n="${n#* }" 'BEGIN {

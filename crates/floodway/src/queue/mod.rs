@@ -49,6 +49,7 @@ mod error;
 mod policy;
 #[allow(clippy::module_inception)]
 mod queue;
+mod sleepers;
 
 pub use builder::QueueBuilder;
 pub use error::{BuildError, PopError, PushError};

@@ -2,7 +2,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::builder::QueueBuilder;
+use super::sleepers::Sleepers;
 use super::{Admitted, BuildError, Meta, Overflow, PopError, PushError};
 use crate::Priority;
 use crate::clock::Epoch;
@@ -254,8 +255,8 @@ struct Shared<T> {
     admitted: CachePadded<AtomicU64>,
     /// Producers waiting for room, and consumers waiting for items: written when one goes to sleep,
     /// read on every push and pop.
-    push_waiters: CachePadded<AtomicUsize>,
-    pop_waiters: CachePadded<AtomicUsize>,
+    push_waiters: CachePadded<Sleepers>,
+    pop_waiters: CachePadded<Sleepers>,
     refused: RefusalCounters,
     limits: CachePadded<Limits>,
     /// Entries admitted without the lock, per class, until a lock holder moves them into `state`.
@@ -367,11 +368,10 @@ impl<T> Shared<T> {
     /// while it was held: waiters of both kinds look again.
     fn unreserve(&self, weight: u64) {
         self.room.release(weight);
-        fence(SeqCst);
-        if self.push_waiters.load(Relaxed) > 0 {
+        if self.push_waiters.after_publish() {
             self.not_full.notify_waiters();
         }
-        if self.pop_waiters.load(Relaxed) > 0 {
+        if self.pop_waiters.after_publish() {
             self.not_empty.notify_waiters();
         }
     }
@@ -407,11 +407,10 @@ impl<T> Shared<T> {
         }
     }
 
-    /// Wakes one sleeping consumer, if any. The fence pairs with the one a consumer passes between
-    /// saying it sleeps and its last look for items: one of the two sees the other.
+    /// Wakes one sleeping consumer, if any (the handshake is [`Sleepers`]'s: a consumer saying it
+    /// sleeps and this push's staged item cannot miss each other).
     fn wake_consumer(&self) {
-        fence(SeqCst);
-        if self.pop_waiters.load(Relaxed) > 0 {
+        if self.pop_waiters.after_publish() {
             self.not_empty.notify_one();
         }
     }
@@ -421,7 +420,7 @@ impl<T> Shared<T> {
     /// of the item bound is free (or the queue is empty), and push a batch. A byte-bound queue
     /// still wakes them on every departure, since the room a waiting item needs is unknown here.
     fn wake_producers(&self) -> bool {
-        if self.push_waiters.load(SeqCst) == 0 {
+        if !self.push_waiters.any() {
             return false;
         }
         let (len, max_items) = (self.len(), self.max_items());
@@ -745,8 +744,8 @@ impl<T> Queue<T> {
                     bytes: AtomicU64::new(0),
                 }),
                 admitted: CachePadded::new(AtomicU64::new(0)),
-                push_waiters: CachePadded::new(AtomicUsize::new(0)),
-                pop_waiters: CachePadded::new(AtomicUsize::new(0)),
+                push_waiters: CachePadded::default(),
+                pop_waiters: CachePadded::default(),
                 refused: RefusalCounters::default(),
                 limits: CachePadded::new(Limits {
                     max_items: AtomicUsize::new(b.max_items),
@@ -1104,14 +1103,13 @@ struct PopWait<'a, T> {
 
 impl<T> PopWait<'_, T> {
     fn register(&mut self) {
-        self.shared.pop_waiters.fetch_add(1, SeqCst);
+        self.shared.pop_waiters.enter();
         self.registered = true;
-        fence(SeqCst);
     }
 
     fn unregister(&mut self) {
         if self.registered {
-            self.shared.pop_waiters.fetch_sub(1, SeqCst);
+            self.shared.pop_waiters.leave();
             self.registered = false;
         }
     }
@@ -1136,7 +1134,7 @@ struct PendingPush<'a, T> {
 impl<T> PendingPush<'_, T> {
     fn unregister(&mut self) {
         if self.waiting {
-            self.shared.push_waiters.fetch_sub(1, SeqCst);
+            self.shared.push_waiters.leave();
             self.waiting = false;
         }
     }
@@ -1179,9 +1177,8 @@ impl<T> PendingPush<'_, T> {
                         // Say we wait, then try once more: room given back without the lock (a
                         // reservation undone) either is seen here or wakes us.
                         notified.as_mut().enable();
-                        shared.push_waiters.fetch_add(1, SeqCst);
+                        shared.push_waiters.enter();
                         self.waiting = true;
-                        fence(SeqCst);
                         if shared.reserve(self.weight) {
                             self.unregister();
                             shared.insert(item, self.weight, self.meta, now);

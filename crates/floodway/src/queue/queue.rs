@@ -1,6 +1,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
 use super::builder::QueueBuilder;
@@ -1158,6 +1160,16 @@ impl<T> PendingPush<'_, T> {
             };
             let notified = shared.not_full.notified();
             tokio::pin!(notified);
+            let item = match self.wait_unlocked(item, notified.as_mut(), now) {
+                Unlocked::Done(result) => return result,
+                Unlocked::Waiting => {
+                    notified.await;
+                    // Awake: no longer counted, so consumers stop waking us while we retry.
+                    self.unregister();
+                    continue;
+                }
+                Unlocked::NeedsLock(item) => item,
+            };
             let mut graves = Vec::new();
             let outcome = {
                 let mut st = shared.lock_state();
@@ -1200,10 +1212,58 @@ impl<T> PendingPush<'_, T> {
                 None => {
                     shared.settle(graves, false, false);
                     notified.await;
+                    self.unregister();
                 }
             }
         }
     }
+
+    /// The wait of a blocking queue without deadlines, which has nothing to decide under the lock:
+    /// say we wait, then look for room once more. Taking the lock here made a full queue's producer
+    /// and consumer meet on it for every item (the producer's last look often finds the one slot
+    /// the consumer just freed). Anything else (another policy, deadlines to purge, a closed queue,
+    /// an item too large for the byte bound) goes to the locked path.
+    fn wait_unlocked(
+        &mut self,
+        item: T,
+        notified: Pin<&mut Notified<'_>>,
+        now: Instant,
+    ) -> Unlocked<T> {
+        let shared = self.shared;
+        if shared.overflow != Overflow::Block
+            || shared.limits.deadlines.load(Relaxed)
+            || shared.closed()
+            || self.weight > shared.max_bytes()
+        {
+            return Unlocked::NeedsLock(item);
+        }
+        notified.enable();
+        shared.push_waiters.enter();
+        self.waiting = true;
+        if !shared.reserve(self.weight) {
+            self.item = Some(item);
+            return Unlocked::Waiting;
+        }
+        self.unregister();
+        if shared.closed() {
+            // Closed since the look above: the locked path refuses it (as a fast push does).
+            shared.unreserve(self.weight);
+            return Unlocked::NeedsLock(item);
+        }
+        shared.insert(item, self.weight, self.meta, now);
+        let result = Ok(Admitted::Queued { evicted: 0 });
+        shared.report_push(&result);
+        shared.settle(Vec::new(), true, false);
+        Unlocked::Done(result)
+    }
+}
+
+/// Where [`PendingPush::wait_unlocked`] left a push.
+enum Unlocked<T> {
+    Done(Result<Admitted, PushError<T>>),
+    /// Counted as waiting, its item kept, its wake-up armed.
+    Waiting,
+    NeedsLock(T),
 }
 
 impl<T> Drop for PendingPush<'_, T> {

@@ -883,8 +883,9 @@ impl<T> Queue<T> {
             registered: false,
         };
         loop {
-            let notified = shared.not_empty.notified();
-            tokio::pin!(notified);
+            // Made only when this pop may sleep: making one reads the `Notify`'s state, a line that
+            // every push that wakes a consumer writes.
+            let mut notified = std::pin::pin!(None::<Notified<'_>>);
             let now = shared.epoch.now();
             let mut graves = Vec::new();
             let (popped, wake) = {
@@ -894,7 +895,10 @@ impl<T> Queue<T> {
                 if popped.is_none() && !shared.finished() {
                     // Say we sleep, then look once more: a push staged in between either sees us
                     // (and wakes us) or is seen here.
-                    notified.as_mut().enable();
+                    notified.set(Some(shared.not_empty.notified()));
+                    if let Some(n) = notified.as_mut().as_pin_mut() {
+                        n.enable();
+                    }
                     wait.register();
                     popped = shared.take(&mut st, now, &mut graves);
                     if popped.is_some() {
@@ -912,7 +916,9 @@ impl<T> Queue<T> {
             if !wait.registered {
                 return None;
             }
-            notified.await;
+            if let Some(n) = notified.as_mut().as_pin_mut() {
+                n.await;
+            }
         }
     }
 

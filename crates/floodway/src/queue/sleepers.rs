@@ -26,17 +26,20 @@ pub(crate) struct Sleepers(AtomicUsize);
 impl Sleepers {
     /// Counts the caller as asleep. Call it before the last look at the condition, with the
     /// wake-up already armed (a `Notified` enabled), so a wake-up sent after this is not lost.
+    #[inline]
     pub(crate) fn enter(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
     }
 
     /// Counts the caller awake again: woken, or its last look succeeded.
+    #[inline]
     pub(crate) fn leave(&self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// After a change made without the lock: whether someone may be asleep and must be woken.
+    #[inline]
     pub(crate) fn after_publish(&self) -> bool {
         fence(Ordering::SeqCst);
         self.0.load(Ordering::Relaxed) > 0
@@ -45,6 +48,7 @@ impl Sleepers {
     /// Whether anyone sleeps, for a caller whose change was itself a `SeqCst` read-modify-write
     /// (a consumer giving room back): the single order of `SeqCst` operations puts the sleeper's
     /// count and that change in some order, and the sleeper's last look follows its fence.
+    #[inline]
     pub(crate) fn any(&self) -> bool {
         self.0.load(Ordering::SeqCst) > 0
     }

@@ -36,6 +36,36 @@ async fn gcra_exact_decisions() {
     assert_eq!(l.limited_count(), 7);
 }
 
+/// On the counter clock (which paused time cannot drive) the same quota must give the same
+/// decisions, with waits and resets in real nanoseconds. Real time passes between checks here, so
+/// the figures are bounded rather than exact (the checks take microseconds; the slack is 10 ms).
+#[test]
+fn the_counter_clock_gives_the_same_decisions_in_real_time() {
+    let l = RateLimiter::with_clock(
+        Quota::per_second(nz(10)).allow_burst(nz(3)),
+        floodway::Clock::tsc(),
+    );
+    let slack = ms(10);
+    let passed: Vec<_> = (0..3).map(|_| l.check().unwrap()).collect();
+    let remaining: Vec<u32> = passed.iter().map(|a| a.remaining()).collect();
+    assert_eq!(remaining, vec![2, 1, 0]);
+    let reset = passed[2].reset();
+    assert!(reset <= ms(300) && reset + slack >= ms(300), "{reset:?}");
+    let wait = l.check().unwrap_err().retry_after;
+    assert!(wait <= ms(100) && wait + slack >= ms(100), "{wait:?}");
+    match l.check_n(nz(2)) {
+        Err(RateError::Limited(x)) => {
+            assert!(x.retry_after <= ms(200) && x.retry_after + slack >= ms(200));
+        }
+        other => panic!("expected Limited, got {other:?}"),
+    }
+    std::thread::sleep(wait);
+    l.check().unwrap();
+    assert!(l.check().is_err());
+    assert_eq!(l.quota(), Quota::per_second(nz(10)).allow_burst(nz(3)));
+    assert_eq!(l.limited_count(), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn check_n_is_all_or_nothing_and_never_beyond_burst() {
     let l = RateLimiter::new(Quota::per_second(nz(10)).allow_burst(nz(5)));

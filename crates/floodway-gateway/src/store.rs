@@ -617,16 +617,18 @@ impl RedbStore {
 }
 
 struct Writer {
+    /// The transaction groups are applied to; committed (unsynced) every `COMMIT_EVERY` at most,
+    /// since a redb commit costs far more than applying a group. The log makes each group durable
+    /// before its callers are answered, so the commit only decides when readers see it. Declared
+    /// before `db` so that it is dropped first: a database dropped while a write transaction is
+    /// open waits for it forever.
+    open: Option<OpenTxn>,
     db: Arc<Database>,
     next: HashMap<String, u64>,
     fsync: Fsync,
     healthy: Arc<AtomicBool>,
     wal: Wal,
     last_checkpoint: std::time::Instant,
-    /// The transaction groups are applied to; committed (unsynced) every `COMMIT_EVERY` at most,
-    /// since a redb commit costs far more than applying a group. The log makes each group durable
-    /// before its callers are answered, so the commit only decides when readers see it.
-    open: Option<OpenTxn>,
     /// Bumped after each commit: readers that found nothing new wait for it.
     readable: tokio::sync::watch::Sender<u64>,
     /// Waits for the next op with a deadline (tokio's channel has no blocking receive with a
@@ -647,6 +649,20 @@ struct Applied {
     /// True when the batch must be synced by the store itself (a replay, which the log does not
     /// describe).
     durable: bool,
+    /// The appended events still to be put in the open transaction: decided, numbered and logged,
+    /// but inserted only once their callers are answered (see [`Writer::insert_staged`]).
+    staged: Vec<Staged>,
+    /// The topics `staged` refers to by index.
+    topics: Vec<String>,
+}
+
+/// One appended event waiting to be inserted: where its record lies in the batch's log.
+struct Staged {
+    topic: usize,
+    seq: u64,
+    record: std::ops::Range<usize>,
+    /// Its idempotency key and when the key expires.
+    key: Option<(String, u64)>,
 }
 
 impl Writer {
@@ -680,43 +696,7 @@ impl Writer {
                     }
                 }
             }
-            match self.apply(batch) {
-                Ok(done) => {
-                    let logged = if done.durable {
-                        self.checkpoint()
-                    } else {
-                        if self
-                            .open
-                            .as_ref()
-                            .is_some_and(|o| o.since.elapsed() >= COMMIT_EVERY)
-                        {
-                            self.publish();
-                        }
-                        self.log(&done)
-                    };
-                    match logged {
-                        Ok(()) => {
-                            self.healthy.store(true, Ordering::Relaxed);
-                            done.outcomes.into_iter().for_each(Outcome::succeed);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "store: neither the log nor a synced commit succeeded");
-                            self.healthy.store(false, Ordering::Relaxed);
-                            done.outcomes.into_iter().for_each(|o| o.fail(&e));
-                        }
-                    }
-                }
-                Err((e, outcomes)) => {
-                    tracing::error!(error = %e, "store commit failed");
-                    self.healthy.store(false, Ordering::Relaxed);
-                    outcomes.into_iter().for_each(|o| o.fail(&e));
-                    // Groups answered earlier may be in the transaction that was just dropped:
-                    // they are in the log, so put them back from it. That also resets `next`;
-                    // should it fail, `next` keeps counting past the dropped numbers (a gap,
-                    // never a number used twice).
-                    self.reload();
-                }
-            }
+            self.group(batch);
             if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY || self.wal.fill_ratio() > 0.5 {
                 if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "store checkpoint failed");
@@ -725,6 +705,58 @@ impl Writer {
         }
         if let Err(e) = self.checkpoint() {
             tracing::error!(error = %e, "store checkpoint at shutdown failed");
+        }
+    }
+
+    /// One group: applied, made durable (logged, or a synced commit), answered, then inserted.
+    fn group(&mut self, batch: Vec<Op>) {
+        match self.apply(batch) {
+            Ok(mut done) => {
+                let logged = if done.durable {
+                    self.insert_staged(&mut done)
+                        .and_then(|()| self.checkpoint())
+                } else {
+                    self.log(&mut done)
+                };
+                let outcomes = std::mem::take(&mut done.outcomes);
+                match logged {
+                    Ok(()) => {
+                        self.healthy.store(true, Ordering::Relaxed);
+                        outcomes.into_iter().for_each(Outcome::succeed);
+                        // Answered: now the inserts, off the callers' wait.
+                        if let Err(e) = self.insert_staged(&mut done) {
+                            // Logged, so put back from the log (with the rest of the dropped
+                            // transaction) by `insert_staged`.
+                            tracing::error!(error = %e, "store insert failed");
+                            self.healthy.store(false, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store: neither the log nor a synced commit succeeded");
+                        self.healthy.store(false, Ordering::Relaxed);
+                        // Refused: the staged events are not inserted (their numbers are
+                        // skipped).
+                        outcomes.into_iter().for_each(|o| o.fail(&e));
+                    }
+                }
+                if self
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| o.since.elapsed() >= COMMIT_EVERY)
+                {
+                    self.publish();
+                }
+            }
+            Err((e, outcomes)) => {
+                tracing::error!(error = %e, "store commit failed");
+                self.healthy.store(false, Ordering::Relaxed);
+                outcomes.into_iter().for_each(|o| o.fail(&e));
+                // Groups answered earlier may be in the transaction that was just dropped:
+                // they are in the log, so put them back from it. That also resets `next`;
+                // should it fail, `next` keeps counting past the dropped numbers (a gap,
+                // never a number used twice).
+                self.reload();
+            }
         }
     }
 
@@ -770,7 +802,7 @@ impl Writer {
     /// Makes an applied batch durable: one write to the log, synced per the policy. A batch too
     /// large for what is left of the log, or a log that fails, is made durable by a checkpoint
     /// instead.
-    fn log(&mut self, done: &Applied) -> Result<(), StoreError> {
+    fn log(&mut self, done: &mut Applied) -> Result<(), StoreError> {
         if done.log.is_empty() {
             return Ok(());
         }
@@ -782,7 +814,43 @@ impl Writer {
                 }
             }
         }
+        // The synced commit must hold the batch's events.
+        self.insert_staged(done)?;
         self.checkpoint()
+    }
+
+    /// Inserts a batch's staged events (and their idempotency keys) into the open transaction.
+    /// Every path to a commit runs this first for the batch it has applied.
+    fn insert_staged(&mut self, done: &mut Applied) -> Result<(), StoreError> {
+        if done.staged.is_empty() {
+            return Ok(());
+        }
+        let result = (|| -> Result<(), StoreError> {
+            let txn = &self
+                .open
+                .as_ref()
+                .ok_or_else(|| StoreError::Unavailable("no open transaction".into()))?
+                .txn;
+            let mut events = txn.open_table(EVENTS).map_err(err)?;
+            let mut idem = txn.open_table(IDEMPOTENCY).map_err(err)?;
+            for s in &done.staged {
+                let topic = done.topics[s.topic].as_str();
+                events
+                    .insert((topic, s.seq), &done.log[s.record.clone()])
+                    .map_err(err)?;
+                if let Some((key, expires)) = &s.key {
+                    idem.insert((topic, key.as_str()), (s.seq, *expires))
+                        .map_err(err)?;
+                }
+            }
+            Ok(())
+        })();
+        done.staged.clear();
+        if result.is_err() {
+            // The transaction is unusable: drop it and put back from the log what it held.
+            self.reload();
+        }
+        result
     }
 
     /// Commits the open transaction (or an empty one) synced, then starts a new log generation:
@@ -804,9 +872,18 @@ impl Writer {
     }
 
     /// Applies a batch to the open transaction (opening one if needed); nothing is committed here.
+    ///
+    /// Appended events are decided (duplicates found, numbers taken) and logged here, but staged
+    /// rather than inserted: the B-tree inserts are most of a group's work, and making them after
+    /// the callers have their answer takes them off every request's wait. The log is what makes an
+    /// event durable, so nothing about durability changes; readers see an event once the
+    /// transaction holding it is committed, which is after the insert either way.
     fn apply(&mut self, batch: Vec<Op>) -> Result<Applied, (StoreError, Vec<Outcome>)> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut log = Vec::new();
+        let mut staged = Vec::new();
+        // Topics whose sequence numbers this batch used (a batch rarely spans many).
+        let mut touched: Vec<String> = Vec::new();
         // A replay moves events between tables under new sequence numbers, which the log does not
         // describe: such a batch is synced by redb itself. Every other batch is logged.
         let durable = batch.iter().any(|op| matches!(op, Op::Replay(..)));
@@ -827,47 +904,59 @@ impl Writer {
                 let mut idem = txn.open_table(IDEMPOTENCY).map_err(err)?;
                 let mut seqs = txn.open_table(NEXT_SEQ).map_err(err)?;
                 let now = now_ms();
-                // Topics whose sequence numbers this batch used (a batch rarely spans many).
-                let mut touched: Vec<String> = Vec::new();
+                // Keys first seen in this batch: staged, so not yet in the table.
+                let mut fresh_keys: HashMap<(usize, String), u64> = HashMap::new();
                 for op in pending.by_ref() {
                     match op {
                         Op::Append(topic, new, reply) => {
+                            let t = match touched.iter().position(|x| *x == topic) {
+                                Some(t) => t,
+                                None => {
+                                    touched.push(topic);
+                                    touched.len() - 1
+                                }
+                            };
+                            let topic = &touched[t];
                             let mut out = Vec::with_capacity(new.len());
                             let mut buf = Vec::new();
                             for e in new {
                                 if let Some(key) = &e.idempotency_key {
-                                    if let Some(v) =
-                                        idem.get((topic.as_str(), key.as_str())).map_err(err)?
-                                    {
-                                        let (seq, expires) = v.value();
-                                        if expires > now {
-                                            out.push(Appended {
-                                                seq,
-                                                duplicate: true,
-                                            });
-                                            continue;
-                                        }
+                                    let earlier = match fresh_keys.get(&(t, key.clone())) {
+                                        Some(&seq) => Some(seq),
+                                        None => idem
+                                            .get((topic.as_str(), key.as_str()))
+                                            .map_err(err)?
+                                            .map(|v| v.value())
+                                            .and_then(|(seq, expires)| {
+                                                (expires > now).then_some(seq)
+                                            }),
+                                    };
+                                    if let Some(seq) = earlier {
+                                        out.push(Appended {
+                                            seq,
+                                            duplicate: true,
+                                        });
+                                        continue;
                                     }
                                 }
-                                let seq = take_seq(&mut self.next, &topic);
+                                let seq = take_seq(&mut self.next, topic);
                                 buf.clear();
                                 encode(&e, &mut buf);
-                                events
-                                    .insert((topic.as_str(), seq), buf.as_slice())
-                                    .map_err(err)?;
-                                log_entry(&mut log, &topic, seq, &buf);
-                                if let Some(key) = &e.idempotency_key {
-                                    let expires = now + DEDUP_WINDOW.as_millis() as u64;
-                                    idem.insert((topic.as_str(), key.as_str()), (seq, expires))
-                                        .map_err(err)?;
-                                }
+                                log_entry(&mut log, topic, seq, &buf);
+                                let key = e.idempotency_key.map(|key| {
+                                    fresh_keys.insert((t, key.clone()), seq);
+                                    (key, now + DEDUP_WINDOW.as_millis() as u64)
+                                });
+                                staged.push(Staged {
+                                    topic: t,
+                                    seq,
+                                    record: log.len() - buf.len()..log.len(),
+                                    key,
+                                });
                                 out.push(Appended {
                                     seq,
                                     duplicate: false,
                                 });
-                            }
-                            if !touched.contains(&topic) {
-                                touched.push(topic);
                             }
                             outcomes.push(Outcome::Appended(reply, out));
                         }
@@ -913,7 +1002,9 @@ impl Writer {
                         }
                     }
                 }
-                // Each topic's next sequence number once per batch, not once per request.
+                // Each topic's next sequence number once per batch, not once per request. Written
+                // before the batch's events are: a number is never used twice, even if they are
+                // not inserted after all.
                 for topic in &touched {
                     let next = self.next.get(topic).copied().unwrap_or(1);
                     seqs.insert(topic.as_str(), next).map_err(err)?;
@@ -931,6 +1022,8 @@ impl Writer {
                 outcomes,
                 log,
                 durable,
+                staged,
+                topics: touched,
             }),
             Err(e) => {
                 // The transaction is dropped (by the caller's reload), so none of the batch is
@@ -1084,55 +1177,116 @@ mod tests {
         }
     }
 
-    /// A transaction that fails after some of its groups were acknowledged: dropping it and
-    /// reloading puts those groups back from the log, synced, and numbering goes on after them.
-    #[test]
-    fn a_dropped_transaction_is_reloaded_from_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("s.redb")).unwrap());
+    /// A writer on a fresh store in `dir`, with an open transaction that is not due to be
+    /// committed (so a test decides when it is).
+    fn writer(dir: &std::path::Path) -> Writer {
+        let db = Arc::new(Database::create(dir.join("s.redb")).unwrap());
         {
             let txn = db.begin_write().unwrap();
             txn.open_table(NEXT_SEQ).unwrap();
+            txn.open_table(EVENTS).unwrap();
             txn.commit().unwrap();
         }
-        let (mut wal, _) = Wal::open(&dir.path().join("s.wal"), WAL_SIZE).unwrap();
+        let (mut wal, _) = Wal::open(&dir.join("s.wal"), WAL_SIZE).unwrap();
         wal.reset().unwrap();
-        let mut w = Writer {
-            db: db.clone(),
+        let mut txn = db.begin_write().unwrap();
+        txn.set_durability(Durability::None);
+        Writer {
+            db,
             next: HashMap::new(),
             fsync: Fsync::Batch,
             healthy: Arc::default(),
             wal,
             last_checkpoint: std::time::Instant::now(),
-            open: None,
+            open: Some(OpenTxn {
+                txn,
+                since: std::time::Instant::now() + Duration::from_secs(3600),
+            }),
             readable: tokio::sync::watch::channel(0).0,
             clock: tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
                 .unwrap(),
-        };
+        }
+    }
+
+    /// The rows of topic "t" in a table, as committed.
+    fn committed_seqs(db: &Database, table: TableDefinition<'_, (&str, u64), &[u8]>) -> Vec<u64> {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(table).unwrap();
+        t.range(("t", 0)..=("t", u64::MAX))
+            .unwrap()
+            .map(|r| r.unwrap().0.value().1)
+            .collect()
+    }
+
+    /// Two requests with the same idempotency key in one group: the second is the first's
+    /// duplicate, although the first is only staged (not yet in the table) when the second is
+    /// decided; once answered, the group's events and keys are in the transaction.
+    #[test]
+    fn a_key_repeated_within_one_group_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        let (tx3, mut rx3) = oneshot::channel();
+        w.group(vec![
+            Op::Append("t".into(), vec![event("a", Some("k"))], tx1),
+            Op::Append("t".into(), vec![event("b", None)], tx2),
+            Op::Append("t".into(), vec![event("a", Some("k"))], tx3),
+        ]);
+        let first = rx1.try_recv().unwrap().unwrap();
+        assert_eq!(
+            first,
+            vec![Appended {
+                seq: 1,
+                duplicate: false
+            }]
+        );
+        assert_eq!(rx2.try_recv().unwrap().unwrap()[0].seq, 2);
+        assert_eq!(
+            rx3.try_recv().unwrap().unwrap(),
+            vec![Appended {
+                seq: 1,
+                duplicate: true
+            }]
+        );
+        w.publish();
+        assert_eq!(committed_seqs(&w.db, EVENTS), vec![1, 2]);
+        // The key is in the table now: a later group finds it there.
+        let (tx, mut rx) = oneshot::channel();
+        w.group(vec![Op::Append(
+            "t".into(),
+            vec![event("a", Some("k"))],
+            tx,
+        )]);
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap(),
+            vec![Appended {
+                seq: 1,
+                duplicate: true
+            }]
+        );
+    }
+
+    /// A transaction that fails after some of its groups were acknowledged: dropping it and
+    /// reloading puts those groups back from the log, synced, and numbering goes on after them.
+    #[test]
+    fn a_dropped_transaction_is_reloaded_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
         let mut answers = Vec::new();
         for body in ["a", "b"] {
             let (tx, rx) = oneshot::channel();
             answers.push(rx);
-            let done = w
-                .apply(vec![Op::Append("t".into(), vec![event(body, None)], tx)])
-                .unwrap_or_else(|_| panic!("applied"));
-            w.log(&done).unwrap();
-            done.outcomes.into_iter().for_each(Outcome::succeed);
+            w.group(vec![Op::Append("t".into(), vec![event(body, None)], tx)]);
         }
         assert!(w.open.is_some(), "both groups wait in the open transaction");
+        assert!(committed_seqs(&w.db, EVENTS).is_empty());
         // The transaction fails: it is dropped, and the acknowledged groups come back from the log.
         w.reload();
         assert!(w.open.is_none());
-        let txn = db.begin_read().unwrap();
-        let events = txn.open_table(EVENTS).unwrap();
-        let seqs: Vec<u64> = events
-            .range(("t", 0)..=("t", u64::MAX))
-            .unwrap()
-            .map(|r| r.unwrap().0.value().1)
-            .collect();
-        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(committed_seqs(&w.db, EVENTS), vec![1, 2]);
         assert_eq!(w.next["t"], 3);
         assert!(w.wal.records().unwrap().is_empty(), "the log starts afresh");
         for mut rx in answers {

@@ -3,12 +3,14 @@
 //! The embedded backend is [redb](https://docs.rs/redb): a pure-Rust, crash-safe B-tree with ACID
 //! transactions. One writer thread owns every write; requests that arrive while a commit is in
 //! progress are gathered into the next transaction (group commit), so under load many producers
-//! share one sync. Each group is applied to an open redb transaction, and its new events are
-//! written as one record to a write-ahead log ([`crate::wal`]) that is synced: one write and one
-//! `fdatasync` into preallocated space, several times quicker than a synced B-tree commit. The
+//! share one sync. Each group's new events are numbered and written as one record to a write-ahead
+//! log ([`crate::wal`]) that is synced: one write and one `fdatasync` into preallocated space,
+//! several times quicker than a synced B-tree commit. Once the group's callers are answered, its
+//! events go into an open redb transaction (acks and dead letters go in as they come). The
 //! transaction is committed (unsynced) at most every few milliseconds, which makes what it holds
-//! readable for delivery ([`Store::readable`] tells readers when); every 250 ms (or when the log
-//! is half full) it is committed synced and the log starts afresh. On opening, logged events the
+//! readable for delivery ([`Store::readable`] tells readers when), so an event is never readable
+//! before it is logged; every 250 ms (or when the log is half full) it is committed synced and the
+//! log starts afresh. On opening, logged events the
 //! store lost in a crash are put back. A caller's future completes only after the log (or the
 //! synced store) holds its events on disk, which is what lets the gateway answer `202` only for
 //! events that are.

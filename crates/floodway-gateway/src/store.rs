@@ -283,14 +283,13 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 // Records are a small fixed binary layout rather than a serialization crate: five scalar fields
 // and two strings, read back by this file only; the body stays byte-exact without base64.
 pub fn encode(e: &NewEvent, out: &mut Vec<u8>) {
+    let key = e.idempotency_key.as_deref().unwrap_or("");
+    out.reserve(1 + 8 + 8 + 1 + 2 + e.content_type.len() + 2 + key.len() + e.body.len());
     out.push(1);
     out.extend_from_slice(&e.accepted_ms.to_le_bytes());
     out.extend_from_slice(&e.deadline_ms.unwrap_or(0).to_le_bytes());
     out.push(e.priority.index() as u8);
-    for s in [
-        e.content_type.as_str(),
-        e.idempotency_key.as_deref().unwrap_or(""),
-    ] {
+    for s in [e.content_type.as_str(), key] {
         out.extend_from_slice(&(s.len() as u16).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
     }
@@ -406,6 +405,7 @@ const COMMIT_EVERY: Duration = Duration::from_millis(5);
 
 /// Appends one appended event to a log payload: `[topic len u16][topic][seq u64][len u32][event]`.
 fn log_entry(log: &mut Vec<u8>, topic: &str, seq: u64, event: &[u8]) {
+    log.reserve(2 + topic.len() + 8 + 4 + event.len());
     log.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     log.extend_from_slice(topic.as_bytes());
     log.extend_from_slice(&seq.to_le_bytes());

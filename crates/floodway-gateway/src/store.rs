@@ -547,6 +547,7 @@ impl RedbStore {
             wal,
             last_checkpoint: std::time::Instant::now(),
             open: None,
+            staged: Staged::default(),
             readable,
             clock,
         };
@@ -631,6 +632,8 @@ struct Writer {
     healthy: Arc<AtomicBool>,
     wal: Wal,
     last_checkpoint: std::time::Instant,
+    /// The last group's appended events, logged but not yet in `open` (see [`Writer::apply`]).
+    staged: Staged,
     /// Bumped after each commit: readers that found nothing new wait for it.
     readable: tokio::sync::watch::Sender<u64>,
     /// Waits for the next op with a deadline (tokio's channel has no blocking receive with a
@@ -646,20 +649,34 @@ struct OpenTxn {
 /// What an applied batch still needs before its callers may be answered.
 struct Applied {
     outcomes: Vec<Outcome>,
-    /// The appended events, as write-ahead log entries (empty when there were none).
-    log: Vec<u8>,
     /// True when the batch must be synced by the store itself (a replay, which the log does not
     /// describe).
     durable: bool,
-    /// The appended events still to be put in the open transaction: decided, numbered and logged,
-    /// but inserted only once their callers are answered (see [`Writer::insert_staged`]).
-    staged: Vec<Staged>,
-    /// The topics `staged` refers to by index.
+}
+
+/// A group's appended events: decided, numbered and written as log entries, waiting to be put in
+/// the open transaction. Every commit ([`Writer::publish`], [`Writer::checkpoint`]) inserts them
+/// first, and [`Writer::reload`] drops them (what was logged comes back from the log), so no path
+/// can commit a transaction that lacks a logged event. The buffers are kept from group to group.
+#[derive(Default)]
+struct Staged {
+    /// The events as write-ahead log entries (empty when there are none).
+    log: Vec<u8>,
+    events: Vec<StagedEvent>,
+    /// The topics `events` refer to by index; also every topic whose numbers the group used.
     topics: Vec<String>,
 }
 
-/// One appended event waiting to be inserted: where its record lies in the batch's log.
-struct Staged {
+impl Staged {
+    fn clear(&mut self) {
+        self.log.clear();
+        self.events.clear();
+        self.topics.clear();
+    }
+}
+
+/// One staged event: where its record lies in the group's log.
+struct StagedEvent {
     topic: usize,
     seq: u64,
     record: std::ops::Range<usize>,
@@ -713,32 +730,29 @@ impl Writer {
     /// One group: applied, made durable (logged, or a synced commit), answered, then inserted.
     fn group(&mut self, batch: Vec<Op>) {
         match self.apply(batch) {
-            Ok(mut done) => {
+            Ok(done) => {
                 let logged = if done.durable {
-                    self.insert_staged(&mut done)
-                        .and_then(|()| self.checkpoint())
+                    self.checkpoint()
                 } else {
-                    self.log(&mut done)
+                    self.log()
                 };
-                let outcomes = std::mem::take(&mut done.outcomes);
                 match logged {
                     Ok(()) => {
                         self.healthy.store(true, Ordering::Relaxed);
-                        outcomes.into_iter().for_each(Outcome::succeed);
-                        // Answered: now the inserts, off the callers' wait.
-                        if let Err(e) = self.insert_staged(&mut done) {
-                            // Logged, so put back from the log (with the rest of the dropped
-                            // transaction) by `insert_staged`.
+                        done.outcomes.into_iter().for_each(Outcome::succeed);
+                        // Answered: now the inserts, off the callers' wait. A failure reloads
+                        // (see `insert_staged`), which puts these logged events back.
+                        if let Err(e) = self.insert_staged() {
                             tracing::error!(error = %e, "store insert failed");
                             self.healthy.store(false, Ordering::Relaxed);
                         }
                     }
                     Err(e) => {
+                        // Only a failed synced commit gets here, and it reloaded: the group's
+                        // events are not stored (their numbers are skipped).
                         tracing::error!(error = %e, "store: neither the log nor a synced commit succeeded");
                         self.healthy.store(false, Ordering::Relaxed);
-                        // Refused: the staged events are not inserted (their numbers are
-                        // skipped).
-                        outcomes.into_iter().for_each(|o| o.fail(&e));
+                        done.outcomes.into_iter().for_each(|o| o.fail(&e));
                     }
                 }
                 if self
@@ -764,6 +778,11 @@ impl Writer {
 
     /// Commits the open transaction without a sync, so readers see it.
     fn publish(&mut self) {
+        if let Err(e) = self.insert_staged() {
+            tracing::error!(error = %e, "store insert failed");
+            self.healthy.store(false, Ordering::Relaxed);
+            return;
+        }
         let Some(open) = self.open.take() else {
             return;
         };
@@ -784,6 +803,7 @@ impl Writer {
     /// on disk and is read again at the next start.)
     fn reload(&mut self) {
         self.open = None;
+        self.staged.clear();
         let result = (|| -> Result<(), StoreError> {
             let logged = self.wal.records().map_err(err)?;
             let mut txn = self.db.begin_write().map_err(err)?;
@@ -804,53 +824,58 @@ impl Writer {
     /// Makes an applied batch durable: one write to the log, synced per the policy. A batch too
     /// large for what is left of the log, or a log that fails, is made durable by a checkpoint
     /// instead.
-    fn log(&mut self, done: &mut Applied) -> Result<(), StoreError> {
-        if done.log.is_empty() {
+    fn log(&mut self) -> Result<(), StoreError> {
+        let log = &self.staged.log;
+        if log.is_empty() {
             return Ok(());
         }
-        if self.wal.fits(done.log.len()) {
-            match self.wal.append(&done.log, self.fsync != Fsync::Never) {
+        if self.wal.fits(log.len()) {
+            match self.wal.append(log, self.fsync != Fsync::Never) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "write-ahead log failed; syncing the store instead")
                 }
             }
         }
-        // The synced commit must hold the batch's events.
-        self.insert_staged(done)?;
         self.checkpoint()
     }
 
-    /// Inserts a batch's staged events (and their idempotency keys) into the open transaction.
-    /// Every path to a commit runs this first for the batch it has applied.
-    fn insert_staged(&mut self, done: &mut Applied) -> Result<(), StoreError> {
-        if done.staged.is_empty() {
+    /// Inserts the staged events (and their idempotency keys) into the open transaction. On a
+    /// failure the transaction is unusable: it is dropped and what it held is put back from the log
+    /// ([`Writer::reload`]).
+    fn insert_staged(&mut self) -> Result<(), StoreError> {
+        if self.staged.events.is_empty() {
+            self.staged.clear();
             return Ok(());
         }
         let result = (|| -> Result<(), StoreError> {
             let txn = &self
                 .open
                 .as_ref()
-                .ok_or_else(|| StoreError::Unavailable("no open transaction".into()))?
+                .ok_or_else(|| {
+                    StoreError::Unavailable(
+                        "staged events but no open transaction to insert them into".into(),
+                    )
+                })?
                 .txn;
             let mut events = txn.open_table(EVENTS).map_err(err)?;
             let mut idem = txn.open_table(IDEMPOTENCY).map_err(err)?;
-            for s in &done.staged {
-                let topic = done.topics[s.topic].as_str();
+            let st = &self.staged;
+            for e in &st.events {
+                let topic = st.topics[e.topic].as_str();
                 events
-                    .insert((topic, s.seq), &done.log[s.record.clone()])
+                    .insert((topic, e.seq), &st.log[e.record.clone()])
                     .map_err(err)?;
-                if let Some((key, expires)) = &s.key {
-                    idem.insert((topic, key.as_str()), (s.seq, *expires))
+                if let Some((key, expires)) = &e.key {
+                    idem.insert((topic, key.as_str()), (e.seq, *expires))
                         .map_err(err)?;
                 }
             }
             Ok(())
         })();
-        done.staged.clear();
-        if result.is_err() {
-            // The transaction is unusable: drop it and put back from the log what it held.
-            self.reload();
+        match result {
+            Ok(()) => self.staged.clear(),
+            Err(_) => self.reload(),
         }
         result
     }
@@ -858,6 +883,7 @@ impl Writer {
     /// Commits the open transaction (or an empty one) synced, then starts a new log generation:
     /// everything logged so far is in the synced store.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.insert_staged()?;
         let mut txn = match self.open.take() {
             Some(open) => open.txn,
             None => self.db.begin_write().map_err(err)?,
@@ -875,17 +901,17 @@ impl Writer {
 
     /// Applies a batch to the open transaction (opening one if needed); nothing is committed here.
     ///
-    /// Appended events are decided (duplicates found, numbers taken) and logged here, but staged
-    /// rather than inserted: the B-tree inserts are most of a group's work, and making them after
+    /// Appended events are decided (duplicates found, numbers taken) and written as log entries
+    /// here, but staged ([`Staged`]) rather than inserted: the B-tree inserts are most of a group's work, and making them after
     /// the callers have their answer takes them off every request's wait. The log is what makes an
     /// event durable, so nothing about durability changes; readers see an event once the
     /// transaction holding it is committed, which is after the insert either way.
     fn apply(&mut self, batch: Vec<Op>) -> Result<Applied, (StoreError, Vec<Outcome>)> {
+        debug_assert!(
+            self.staged.events.is_empty() && self.staged.log.is_empty(),
+            "the previous group's events were inserted or dropped"
+        );
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut log = Vec::new();
-        let mut staged = Vec::new();
-        // Topics whose sequence numbers this batch used (a batch rarely spans many).
-        let mut touched: Vec<String> = Vec::new();
         // A replay moves events between tables under new sequence numbers, which the log does not
         // describe: such a batch is synced by redb itself. Every other batch is logged.
         let durable = batch.iter().any(|op| matches!(op, Op::Replay(..)));
@@ -906,24 +932,26 @@ impl Writer {
                 let mut idem = txn.open_table(IDEMPOTENCY).map_err(err)?;
                 let mut seqs = txn.open_table(NEXT_SEQ).map_err(err)?;
                 let now = now_ms();
-                // Keys first seen in this batch: staged, so not yet in the table.
-                let mut fresh_keys: HashMap<(usize, String), u64> = HashMap::new();
+                let st = &mut self.staged;
+                // Keys first seen in this batch, per topic index: staged, so not yet in the table.
+                let mut fresh_keys: HashMap<usize, HashMap<String, u64>> = HashMap::new();
+                let mut buf = Vec::new();
                 for op in pending.by_ref() {
                     match op {
                         Op::Append(topic, new, reply) => {
-                            let t = match touched.iter().position(|x| *x == topic) {
+                            let t = match st.topics.iter().position(|x| *x == topic) {
                                 Some(t) => t,
                                 None => {
-                                    touched.push(topic);
-                                    touched.len() - 1
+                                    st.topics.push(topic);
+                                    st.topics.len() - 1
                                 }
                             };
-                            let topic = &touched[t];
+                            let topic = &st.topics[t];
                             let mut out = Vec::with_capacity(new.len());
-                            let mut buf = Vec::new();
                             for e in new {
                                 if let Some(key) = &e.idempotency_key {
-                                    let earlier = match fresh_keys.get(&(t, key.clone())) {
+                                    let fresh = fresh_keys.get(&t).and_then(|m| m.get(key));
+                                    let earlier = match fresh {
                                         Some(&seq) => Some(seq),
                                         None => idem
                                             .get((topic.as_str(), key.as_str()))
@@ -944,15 +972,15 @@ impl Writer {
                                 let seq = take_seq(&mut self.next, topic);
                                 buf.clear();
                                 encode(&e, &mut buf);
-                                log_entry(&mut log, topic, seq, &buf);
+                                log_entry(&mut st.log, topic, seq, &buf);
                                 let key = e.idempotency_key.map(|key| {
-                                    fresh_keys.insert((t, key.clone()), seq);
+                                    fresh_keys.entry(t).or_default().insert(key.clone(), seq);
                                     (key, now + DEDUP_WINDOW.as_millis() as u64)
                                 });
-                                staged.push(Staged {
+                                st.events.push(StagedEvent {
                                     topic: t,
                                     seq,
-                                    record: log.len() - buf.len()..log.len(),
+                                    record: st.log.len() - buf.len()..st.log.len(),
                                     key,
                                 });
                                 out.push(Appended {
@@ -982,7 +1010,6 @@ impl Writer {
                                 .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_vec())))
                                 .collect::<Result<_, _>>()
                                 .map_err(err)?;
-                            let mut buf = Vec::new();
                             for (old, bytes) in rows {
                                 let d = decode_dead(&bytes)?;
                                 dead.remove((topic.as_str(), old)).map_err(err)?;
@@ -997,8 +1024,8 @@ impl Writer {
                                     .map_err(err)?;
                                 moved.push(StoredEvent { seq, event });
                             }
-                            if !touched.contains(&topic) {
-                                touched.push(topic);
+                            if !st.topics.contains(&topic) {
+                                st.topics.push(topic);
                             }
                             outcomes.push(Outcome::Replayed(reply, moved));
                         }
@@ -1007,7 +1034,7 @@ impl Writer {
                 // Each topic's next sequence number once per batch, not once per request. Written
                 // before the batch's events are: a number is never used twice, even if they are
                 // not inserted after all.
-                for topic in &touched {
+                for topic in &st.topics {
                     let next = self.next.get(topic).copied().unwrap_or(1);
                     seqs.insert(topic.as_str(), next).map_err(err)?;
                 }
@@ -1020,17 +1047,12 @@ impl Writer {
             Ok(())
         })();
         match result {
-            Ok(()) => Ok(Applied {
-                outcomes,
-                log,
-                durable,
-                staged,
-                topics: touched,
-            }),
+            Ok(()) => Ok(Applied { outcomes, durable }),
             Err(e) => {
                 // The transaction is dropped (by the caller's reload), so none of the batch is
                 // stored. Ops not reached also fail.
                 self.open = None;
+                self.staged.clear();
                 for op in pending {
                     match op {
                         Op::Append(_, _, r) => drop(r.send(Err(e.clone()))),
@@ -1204,6 +1226,7 @@ mod tests {
                 txn,
                 since: std::time::Instant::now() + Duration::from_secs(3600),
             }),
+            staged: Staged::default(),
             readable: tokio::sync::watch::channel(0).0,
             clock: tokio::runtime::Builder::new_current_thread()
                 .enable_time()
@@ -1212,10 +1235,10 @@ mod tests {
         }
     }
 
-    /// The rows of topic "t" in a table, as committed.
-    fn committed_seqs(db: &Database, table: TableDefinition<'_, (&str, u64), &[u8]>) -> Vec<u64> {
+    /// The sequence numbers of topic "t"'s events, as committed.
+    fn committed_seqs(db: &Database) -> Vec<u64> {
         let txn = db.begin_read().unwrap();
-        let t = txn.open_table(table).unwrap();
+        let t = txn.open_table(EVENTS).unwrap();
         t.range(("t", 0)..=("t", u64::MAX))
             .unwrap()
             .map(|r| r.unwrap().0.value().1)
@@ -1254,7 +1277,7 @@ mod tests {
             }]
         );
         w.publish();
-        assert_eq!(committed_seqs(&w.db, EVENTS), vec![1, 2]);
+        assert_eq!(committed_seqs(&w.db), vec![1, 2]);
         // The key is in the table now: a later group finds it there.
         let (tx, mut rx) = oneshot::channel();
         w.group(vec![Op::Append(
@@ -1284,11 +1307,11 @@ mod tests {
             w.group(vec![Op::Append("t".into(), vec![event(body, None)], tx)]);
         }
         assert!(w.open.is_some(), "both groups wait in the open transaction");
-        assert!(committed_seqs(&w.db, EVENTS).is_empty());
+        assert!(committed_seqs(&w.db).is_empty());
         // The transaction fails: it is dropped, and the acknowledged groups come back from the log.
         w.reload();
         assert!(w.open.is_none());
-        assert_eq!(committed_seqs(&w.db, EVENTS), vec![1, 2]);
+        assert_eq!(committed_seqs(&w.db), vec![1, 2]);
         assert_eq!(w.next["t"], 3);
         assert!(w.wal.records().unwrap().is_empty(), "the log starts afresh");
         for mut rx in answers {

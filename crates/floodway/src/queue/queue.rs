@@ -384,14 +384,20 @@ impl<T> Shared<T> {
         if meta.deadline.is_some_and(|d| d <= now) || !self.reserve(weight) {
             return Err(item);
         }
+        self.stage_reserved(item, weight, meta, now)
+    }
+
+    /// Stages an item whose room this caller has just reserved without the lock, and wakes a
+    /// consumer; gives the item back (and the room) when the queue was closed meanwhile.
+    #[inline]
+    fn stage_reserved(&self, item: T, weight: u64, meta: Meta, now: Instant) -> Result<(), T> {
         // After the reservation: `close` sets the flag first and consumers stop only when nothing is
         // reserved, so either this push sees the flag or a consumer waits for its item.
         if self.closed() {
             self.unreserve(weight);
             return Err(item);
         }
-        let entry = self.entry(item, weight, meta, now);
-        self.inbox[meta.priority.index()].push(entry);
+        self.insert(item, weight, meta, now);
         self.wake_consumer();
         Ok(())
     }
@@ -447,6 +453,7 @@ impl<T> Shared<T> {
 
     /// Queues an item whose room is reserved. It is staged like any other, so that what the classes
     /// hold is always older than what is staged.
+    #[inline]
     fn insert(&self, item: T, weight: u64, meta: Meta, now: Instant) {
         let e = self.entry(item, weight, meta, now);
         self.inbox[meta.priority.index()].push(e);
@@ -1192,13 +1199,9 @@ impl<T> PendingPush<'_, T> {
                 match step {
                     Step::Done(result) => Some(result),
                     Step::Wait(item) => {
-                        // Say we wait, then try once more: room given back without the lock (a
-                        // reservation undone) either is seen here or wakes us.
-                        notified.as_mut().enable();
-                        shared.push_waiters.enter();
-                        self.waiting = true;
-                        if shared.reserve(self.weight) {
-                            self.unregister();
+                        // Room given back without the lock (a reservation undone) either is seen
+                        // here or wakes us.
+                        if self.wait_or_reserve(notified.as_mut()) {
                             shared.insert(item, self.weight, self.meta, now);
                             Some(Ok(Admitted::Queued { evicted: 0 }))
                         } else {
@@ -1243,24 +1246,35 @@ impl<T> PendingPush<'_, T> {
         {
             return Unlocked::NeedsLock(item);
         }
-        notified.enable();
-        shared.push_waiters.enter();
-        self.waiting = true;
-        if !shared.reserve(self.weight) {
+        if !self.wait_or_reserve(notified) {
             self.item = Some(item);
             return Unlocked::Waiting;
         }
-        self.unregister();
-        if shared.closed() {
-            // Closed since the look above: the locked path refuses it (as a fast push does).
-            shared.unreserve(self.weight);
-            return Unlocked::NeedsLock(item);
+        match shared.stage_reserved(item, self.weight, self.meta, now) {
+            Ok(()) => {
+                let result = Ok(Admitted::Queued { evicted: 0 });
+                shared.report_push(&result);
+                Unlocked::Done(result)
+            }
+            // Closed since the look above: the locked path refuses it, as after a fast push.
+            Err(item) => Unlocked::NeedsLock(item),
         }
-        shared.insert(item, self.weight, self.meta, now);
-        let result = Ok(Admitted::Queued { evicted: 0 });
-        shared.report_push(&result);
-        shared.settle(Vec::new(), true, false);
-        Unlocked::Done(result)
+    }
+
+    /// Says this push waits (its wake-up armed first), then looks for room once more. True when
+    /// the room was reserved (no longer waiting); false when it waits, counted among the
+    /// sleepers, until `notified` fires.
+    #[inline]
+    fn wait_or_reserve(&mut self, notified: Pin<&mut Notified<'_>>) -> bool {
+        notified.enable();
+        self.shared.push_waiters.enter();
+        self.waiting = true;
+        if self.shared.reserve(self.weight) {
+            self.unregister();
+            true
+        } else {
+            false
+        }
     }
 }
 

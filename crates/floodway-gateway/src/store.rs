@@ -1204,14 +1204,20 @@ mod tests {
     /// A writer on a fresh store in `dir`, with an open transaction that is not due to be
     /// committed (so a test decides when it is).
     fn writer(dir: &std::path::Path) -> Writer {
-        let db = Arc::new(Database::create(dir.join("s.redb")).unwrap());
+        let db = Database::create(dir.join("s.redb")).unwrap();
+        writer_on(dir, db, WAL_SIZE)
+    }
+
+    /// [`writer`] on a given database, with a log of `wal_size` bytes.
+    fn writer_on(dir: &std::path::Path, db: Database, wal_size: u64) -> Writer {
+        let db = Arc::new(db);
         {
             let txn = db.begin_write().unwrap();
             txn.open_table(NEXT_SEQ).unwrap();
             txn.open_table(EVENTS).unwrap();
             txn.commit().unwrap();
         }
-        let (mut wal, _) = Wal::open(&dir.join("s.wal"), WAL_SIZE).unwrap();
+        let (mut wal, _) = Wal::open(&dir.join("s.wal"), wal_size).unwrap();
         wal.reset().unwrap();
         let mut txn = db.begin_write().unwrap();
         txn.set_durability(Durability::None);
@@ -1317,6 +1323,85 @@ mod tests {
         for mut rx in answers {
             assert!(rx.try_recv().unwrap().is_ok());
         }
+    }
+
+    /// A redb file whose writes and syncs fail while `broken` is set, like a disk that went bad.
+    #[derive(Debug)]
+    struct Failing {
+        file: redb::backends::FileBackend,
+        broken: Arc<AtomicBool>,
+    }
+
+    impl Failing {
+        fn check(&self) -> std::io::Result<()> {
+            match self.broken.load(Ordering::Relaxed) {
+                true => Err(std::io::Error::other("the disk failed")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl redb::StorageBackend for Failing {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.file.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+    }
+
+    /// A group that neither the log nor a synced commit can make durable (too large for what is
+    /// left of the log, and the store's disk fails) is refused, and is not there after a restart,
+    /// while the group acknowledged before it is.
+    #[test]
+    fn a_group_that_cannot_be_made_durable_is_refused_and_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = Arc::new(AtomicBool::new(false));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("s.redb"))
+            .unwrap();
+        let backend = Failing {
+            file: redb::backends::FileBackend::new(file).unwrap(),
+            broken: broken.clone(),
+        };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        // The smallest log: two header pages and two pages for records.
+        let mut w = writer_on(dir.path(), db, 0);
+        let (tx, mut small) = oneshot::channel();
+        w.group(vec![Op::Append("t".into(), vec![event("a", None)], tx)]);
+        assert_eq!(small.try_recv().unwrap().unwrap()[0].seq, 1);
+        broken.store(true, Ordering::Relaxed);
+        let big = "b".repeat(3 * 4096);
+        let (tx, mut large) = oneshot::channel();
+        w.group(vec![Op::Append("t".into(), vec![event(&big, None)], tx)]);
+        assert!(large.try_recv().unwrap().is_err(), "refused");
+        assert!(!w.healthy.load(Ordering::Relaxed));
+        drop(w);
+        broken.store(false, Ordering::Relaxed);
+        let s = RedbStore::open(&dir.path().join("s.redb"), Fsync::Batch).unwrap();
+        let stored = s.read_from("t", 0, 10).unwrap();
+        let bodies: Vec<&[u8]> = stored.iter().map(|e| e.event.body.as_slice()).collect();
+        assert_eq!(
+            bodies,
+            vec![&b"a"[..]],
+            "the acknowledged event, and only it"
+        );
     }
 
     /// A crash after the log was synced but before the store was: the logged events come back,

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use floodway::Priority;
@@ -482,9 +482,69 @@ impl Outcome {
     }
 }
 
+/// How soon the writer opens the database again after a failure left it unusable, and how often
+/// it tries again while that fails.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// The database, shared by the writer and the readers. After an I/O error redb refuses every
+/// transaction until the database is opened again, so the writer can replace it ([`Db::reopen`]);
+/// readers hold the lock for as long as they read, so none is inside a database that is dropped.
+#[derive(Clone)]
+struct Db {
+    slot: Arc<RwLock<Option<Database>>>,
+    opener: Arc<dyn Fn() -> Result<Database, StoreError> + Send + Sync>,
+}
+
+impl Db {
+    fn open(
+        opener: impl Fn() -> Result<Database, StoreError> + Send + Sync + 'static,
+    ) -> Result<Db, StoreError> {
+        let db = opener()?;
+        Ok(Db {
+            slot: Arc::new(RwLock::new(Some(db))),
+            opener: Arc::new(opener),
+        })
+    }
+
+    /// Runs `f` on a read transaction. Never waits for a reopen: the store is unavailable while
+    /// one is under way.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let slot = self
+            .slot
+            .try_read()
+            .map_err(|_| StoreError::Unavailable("the store is being opened again".into()))?;
+        let db = slot.as_ref().ok_or_else(closed)?;
+        f(&db.begin_read().map_err(err)?)
+    }
+
+    /// A write transaction (only the writer calls this, and only the writer reopens, so the lock
+    /// is never contended for long).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let slot = self.slot.read().map_err(|_| closed())?;
+        slot.as_ref().ok_or_else(closed)?.begin_write().map_err(err)
+    }
+
+    /// Drops the database and opens it again (redb repairs it if it must). The caller holds no
+    /// transaction.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.slot.write().map_err(|_| closed())?;
+        // The old one goes first: it holds the file's lock.
+        *slot = None;
+        *slot = Some((self.opener)()?);
+        Ok(())
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store could not be opened again after a failure".into())
+}
+
 /// The embedded redb backend.
 pub struct RedbStore {
-    db: Arc<Database>,
+    db: Db,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
     healthy: Arc<AtomicBool>,
@@ -506,16 +566,29 @@ impl RedbStore {
     /// The write-ahead log lives beside it (`path` with the extension `wal`); events it holds that
     /// the store lost in a crash are put back before anything else happens.
     pub fn open(path: &Path, fsync: Fsync) -> Result<RedbStore, StoreError> {
-        let db = Arc::new(
+        let file = path.to_owned();
+        let opener = move || {
             Database::builder()
                 .set_cache_size(CACHE_BYTES)
-                .create(path)
-                .map_err(err)?,
-        );
-        let (mut wal, logged) = Wal::open(&path.with_extension("wal"), WAL_SIZE).map_err(err)?;
+                .create(&file)
+                .map_err(err)
+        };
+        Self::open_with(path, fsync, WAL_SIZE, opener)
+    }
+
+    /// [`RedbStore::open`] with a log of `wal_size` bytes, on the database `opener` opens (it is
+    /// called again to reopen the database after a failure).
+    fn open_with(
+        path: &Path,
+        fsync: Fsync,
+        wal_size: u64,
+        opener: impl Fn() -> Result<Database, StoreError> + Send + Sync + 'static,
+    ) -> Result<RedbStore, StoreError> {
+        let db = Db::open(opener)?;
+        let (mut wal, logged) = Wal::open(&path.with_extension("wal"), wal_size).map_err(err)?;
         let next;
         {
-            let txn = db.begin_write().map_err(err)?;
+            let txn = db.begin_write()?;
             txn.open_table(EVENTS).map_err(err)?;
             txn.open_table(DEAD).map_err(err)?;
             txn.open_table(IDEMPOTENCY).map_err(err)?;
@@ -546,6 +619,7 @@ impl RedbStore {
             healthy: healthy.clone(),
             wal,
             last_checkpoint: std::time::Instant::now(),
+            reopen_at: None,
             open: None,
             staged: Staged::default(),
             readable,
@@ -626,12 +700,14 @@ struct Writer {
     /// before `db` so that it is dropped first: a database dropped while a write transaction is
     /// open waits for it forever.
     open: Option<OpenTxn>,
-    db: Arc<Database>,
+    db: Db,
     next: HashMap<String, u64>,
     fsync: Fsync,
     healthy: Arc<AtomicBool>,
     wal: Wal,
     last_checkpoint: std::time::Instant,
+    /// When to open the database again, after a failure that a reload could not repair.
+    reopen_at: Option<std::time::Instant>,
     /// The last group's appended events, logged but not yet in `open` (see [`Writer::apply`]).
     staged: Staged,
     /// Bumped after each commit: readers that found nothing new wait for it.
@@ -687,18 +763,28 @@ struct StagedEvent {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         loop {
-            let first = match &self.open {
+            if self
+                .reopen_at
+                .is_some_and(|t| t <= std::time::Instant::now())
+            {
+                self.recover();
+            }
+            let commit_due = self.open.as_ref().map(|o| o.since + COMMIT_EVERY);
+            let first = match commit_due.into_iter().chain(self.reopen_at).min() {
                 None => rx.blocking_recv(),
-                Some(open) => {
-                    let left = COMMIT_EVERY.saturating_sub(open.since.elapsed());
+                Some(due) => {
+                    let left = due.saturating_duration_since(std::time::Instant::now());
                     match self
                         .clock
                         .block_on(async { tokio::time::timeout(left, rx.recv()).await })
                     {
                         Ok(op) => op,
                         Err(_) => {
-                            // Quiet for a moment: make what was applied readable.
-                            self.publish();
+                            // Quiet for a moment: make what was applied readable (and, at the
+                            // top of the loop, open the database again if that is due).
+                            if self.open.is_some() {
+                                self.publish();
+                            }
                             continue;
                         }
                     }
@@ -801,23 +887,47 @@ impl Writer {
     /// After a failed transaction: the store as last committed, plus what the log holds that it
     /// lacks, synced; the log starts afresh. (Nothing acknowledged is lost either way: the log is
     /// on disk and is read again at the next start.)
+    ///
+    /// Should that fail too, the database is opened again ([`Writer::recover`]) at once and then
+    /// every [`REOPEN_EVERY`] until it works; until then every write is refused.
     fn reload(&mut self) {
+        if let Err(e) = self.try_reload() {
+            tracing::error!(error = %e, "store reload failed; opening the store again");
+            self.healthy.store(false, Ordering::Relaxed);
+            self.reopen_at.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    fn try_reload(&mut self) -> Result<(), StoreError> {
         self.open = None;
         self.staged.clear();
-        let result = (|| -> Result<(), StoreError> {
-            let logged = self.wal.records().map_err(err)?;
-            let mut txn = self.db.begin_write().map_err(err)?;
-            txn.set_durability(Durability::Immediate);
-            let (next, _) = RedbStore::restore(&txn, &logged)?;
-            txn.commit().map_err(err)?;
-            self.wal.reset().map_err(err)?;
-            self.next = next;
-            self.last_checkpoint = std::time::Instant::now();
-            self.readable.send_modify(|n| *n += 1);
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "store reload failed; the log is read again at the next start");
+        let logged = self.wal.records().map_err(err)?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let (next, _) = RedbStore::restore(&txn, &logged)?;
+        txn.commit().map_err(err)?;
+        self.wal.reset().map_err(err)?;
+        self.next = next;
+        self.last_checkpoint = std::time::Instant::now();
+        self.readable.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Opens the database again and reloads it from the log; on success the store takes writes
+    /// again.
+    fn recover(&mut self) {
+        self.open = None;
+        self.staged.clear();
+        match self.db.reopen().and_then(|()| self.try_reload()) {
+            Ok(()) => {
+                tracing::info!("store opened again after a failure");
+                self.reopen_at = None;
+                self.healthy.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "opening the store again failed; trying again later");
+                self.reopen_at = Some(std::time::Instant::now() + REOPEN_EVERY);
+            }
         }
     }
 
@@ -886,7 +996,7 @@ impl Writer {
         self.insert_staged()?;
         let mut txn = match self.open.take() {
             Some(open) => open.txn,
-            None => self.db.begin_write().map_err(err)?,
+            None => self.db.begin_write()?,
         };
         txn.set_durability(Durability::Immediate);
         if let Err(e) = txn.commit() {
@@ -918,7 +1028,7 @@ impl Writer {
         let mut pending = batch.into_iter();
         let result = (|| -> Result<(), StoreError> {
             if self.open.is_none() {
-                let mut txn = self.db.begin_write().map_err(err)?;
+                let mut txn = self.db.begin_write()?;
                 txn.set_durability(Durability::None);
                 self.open = Some(OpenTxn {
                     txn,
@@ -1068,22 +1178,28 @@ impl Writer {
 
 impl RedbStore {
     fn read_dead(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(DEAD).map_err(err)?;
-        let mut out = Vec::new();
-        for row in t
-            .range((topic, 0)..=(topic, u64::MAX))
-            .map_err(err)?
-            .take(max)
-        {
-            let (_, v) = row.map_err(err)?;
-            out.push(decode_dead(v.value())?);
-        }
-        Ok(out)
+        self.db.read(|txn| {
+            let t = txn.open_table(DEAD).map_err(err)?;
+            let mut out = Vec::new();
+            for row in t
+                .range((topic, 0)..=(topic, u64::MAX))
+                .map_err(err)?
+                .take(max)
+            {
+                let (_, v) = row.map_err(err)?;
+                out.push(decode_dead(v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     fn read_state(&self) -> Result<HashMap<String, TopicState>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
+        self.db.read(Self::read_state_in)
+    }
+
+    fn read_state_in(
+        txn: &redb::ReadTransaction,
+    ) -> Result<HashMap<String, TopicState>, StoreError> {
         let mut out: HashMap<String, TopicState> = HashMap::new();
         let seqs = txn.open_table(NEXT_SEQ).map_err(err)?;
         for row in seqs.iter().map_err(err)? {
@@ -1123,21 +1239,22 @@ impl Store for RedbStore {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(EVENTS).map_err(err)?;
-        let mut out = Vec::new();
-        for row in t
-            .range((topic, from)..=(topic, u64::MAX))
-            .map_err(err)?
-            .take(max)
-        {
-            let (k, v) = row.map_err(err)?;
-            out.push(StoredEvent {
-                seq: k.value().1,
-                event: decode(v.value())?,
-            });
-        }
-        Ok(out)
+        self.db.read(|txn| {
+            let t = txn.open_table(EVENTS).map_err(err)?;
+            let mut out = Vec::new();
+            for row in t
+                .range((topic, from)..=(topic, u64::MAX))
+                .map_err(err)?
+                .take(max)
+            {
+                let (k, v) = row.map_err(err)?;
+                out.push(StoredEvent {
+                    seq: k.value().1,
+                    event: decode(v.value())?,
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -1204,20 +1321,15 @@ mod tests {
     /// A writer on a fresh store in `dir`, with an open transaction that is not due to be
     /// committed (so a test decides when it is).
     fn writer(dir: &std::path::Path) -> Writer {
-        let db = Database::create(dir.join("s.redb")).unwrap();
-        writer_on(dir, db, WAL_SIZE)
-    }
-
-    /// [`writer`] on a given database, with a log of `wal_size` bytes.
-    fn writer_on(dir: &std::path::Path, db: Database, wal_size: u64) -> Writer {
-        let db = Arc::new(db);
+        let path = dir.join("s.redb");
+        let db = Db::open(move || Database::create(&path).map_err(err)).unwrap();
         {
             let txn = db.begin_write().unwrap();
             txn.open_table(NEXT_SEQ).unwrap();
             txn.open_table(EVENTS).unwrap();
             txn.commit().unwrap();
         }
-        let (mut wal, _) = Wal::open(&dir.join("s.wal"), wal_size).unwrap();
+        let (mut wal, _) = Wal::open(&dir.join("s.wal"), WAL_SIZE).unwrap();
         wal.reset().unwrap();
         let mut txn = db.begin_write().unwrap();
         txn.set_durability(Durability::None);
@@ -1228,6 +1340,7 @@ mod tests {
             healthy: Arc::default(),
             wal,
             last_checkpoint: std::time::Instant::now(),
+            reopen_at: None,
             open: Some(OpenTxn {
                 txn,
                 since: std::time::Instant::now() + Duration::from_secs(3600),
@@ -1242,13 +1355,15 @@ mod tests {
     }
 
     /// The sequence numbers of topic "t"'s events, as committed.
-    fn committed_seqs(db: &Database) -> Vec<u64> {
-        let txn = db.begin_read().unwrap();
-        let t = txn.open_table(EVENTS).unwrap();
-        t.range(("t", 0)..=("t", u64::MAX))
-            .unwrap()
-            .map(|r| r.unwrap().0.value().1)
-            .collect()
+    fn committed_seqs(db: &Db) -> Vec<u64> {
+        db.read(|txn| {
+            let t = txn.open_table(EVENTS).unwrap();
+            Ok(t.range(("t", 0)..=("t", u64::MAX))
+                .unwrap()
+                .map(|r| r.unwrap().0.value().1)
+                .collect())
+        })
+        .unwrap()
     }
 
     /// Two requests with the same idempotency key in one group: the second is the first's
@@ -1363,45 +1478,63 @@ mod tests {
     }
 
     /// A group that neither the log nor a synced commit can make durable (too large for what is
-    /// left of the log, and the store's disk fails) is refused, and is not there after a restart,
-    /// while the group acknowledged before it is.
-    #[test]
-    fn a_group_that_cannot_be_made_durable_is_refused_and_not_stored() {
+    /// left of the log, and the store's disk fails) is refused and the store is not ready. Once
+    /// the disk works again the store opens its database again by itself, with no request to
+    /// prompt it, and takes writes; the refused event is not there, the one acknowledged before
+    /// it is, here and after a restart.
+    #[tokio::test]
+    async fn a_store_whose_disk_fails_refuses_then_recovers_by_itself() {
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
         let broken = Arc::new(AtomicBool::new(false));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("s.redb"))
-            .unwrap();
-        let backend = Failing {
-            file: redb::backends::FileBackend::new(file).unwrap(),
-            broken: broken.clone(),
+        let (file, flag) = (path.clone(), broken.clone());
+        let opener = move || {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&file)
+                .map_err(err)?;
+            let backend = Failing {
+                file: redb::backends::FileBackend::new(f).map_err(err)?,
+                broken: flag.clone(),
+            };
+            Database::builder()
+                .create_with_backend(backend)
+                .map_err(err)
         };
-        let db = Database::builder().create_with_backend(backend).unwrap();
         // The smallest log: two header pages and two pages for records.
-        let mut w = writer_on(dir.path(), db, 0);
-        let (tx, mut small) = oneshot::channel();
-        w.group(vec![Op::Append("t".into(), vec![event("a", None)], tx)]);
-        assert_eq!(small.try_recv().unwrap().unwrap()[0].seq, 1);
+        let s = RedbStore::open_with(&path, Fsync::Batch, 0, opener).unwrap();
+        let mut commits = s.readable().unwrap();
+        assert_eq!(
+            s.append("t", vec![event("a", None)]).await.unwrap()[0].seq,
+            1
+        );
         broken.store(true, Ordering::Relaxed);
         let big = "b".repeat(3 * 4096);
-        let (tx, mut large) = oneshot::channel();
-        w.group(vec![Op::Append("t".into(), vec![event(&big, None)], tx)]);
-        assert!(large.try_recv().unwrap().is_err(), "refused");
-        assert!(!w.healthy.load(Ordering::Relaxed));
-        drop(w);
+        assert!(s.append("t", vec![event(&big, None)]).await.is_err());
+        assert!(!s.healthy());
+        commits.borrow_and_update();
         broken.store(false, Ordering::Relaxed);
-        let s = RedbStore::open(&dir.path().join("s.redb"), Fsync::Batch).unwrap();
-        let stored = s.read_from("t", 0, 10).unwrap();
-        let bodies: Vec<&[u8]> = stored.iter().map(|e| e.event.body.as_slice()).collect();
+        // The writer's next try (at once, or a second later) reloads the store: a commit.
+        tokio::time::timeout(Duration::from_secs(10), commits.changed())
+            .await
+            .expect("the store was opened again")
+            .unwrap();
         assert_eq!(
-            bodies,
-            vec![&b"a"[..]],
-            "the acknowledged event, and only it"
+            s.append("t", vec![event("c", None)]).await.unwrap()[0].seq,
+            2
         );
+        assert!(s.healthy());
+        let bodies = |events: Vec<StoredEvent>| -> Vec<Vec<u8>> {
+            events.into_iter().map(|e| e.event.body).collect()
+        };
+        let want = vec![b"a".to_vec(), b"c".to_vec()];
+        assert_eq!(bodies(readable_events(&s, 2).await), want);
+        drop(s);
+        let s = RedbStore::open(&path, Fsync::Batch).unwrap();
+        assert_eq!(bodies(s.read_from("t", 0, 10).unwrap()), want);
     }
 
     /// A crash after the log was synced but before the store was: the logged events come back,

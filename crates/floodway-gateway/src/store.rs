@@ -906,7 +906,7 @@ impl Writer {
         txn.set_durability(Durability::Immediate);
         let (next, _) = RedbStore::restore(&txn, &logged)?;
         txn.commit().map_err(err)?;
-        self.wal.reset().map_err(err)?;
+        self.reset_log();
         self.next = next;
         self.last_checkpoint = std::time::Instant::now();
         self.readable.send_modify(|n| *n += 1);
@@ -1004,9 +1004,18 @@ impl Writer {
             return Err(err(e));
         }
         self.readable.send_modify(|n| *n += 1);
-        self.wal.reset().map_err(err)?;
+        self.reset_log();
         self.last_checkpoint = std::time::Instant::now();
         Ok(())
+    }
+
+    /// Starts a new log generation after a synced commit. A failure is no failure of that commit
+    /// (what was logged is in the synced store either way), and the log completes the reset with
+    /// its next record ([`Wal::reset`]).
+    fn reset_log(&mut self) {
+        if let Err(e) = self.wal.reset() {
+            tracing::warn!(error = %e, "write-ahead log reset failed; it is completed with the next record");
+        }
     }
 
     /// Applies a batch to the open transaction (opening one if needed); nothing is committed here.

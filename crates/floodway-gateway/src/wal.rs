@@ -15,7 +15,11 @@
 //! stale (an older generation, left from before a reset) or past the end.
 //!
 //! A checkpoint (the store made durable up to now) ends a generation: [`Wal::reset`] writes the
-//! next generation into the other slot and syncs, and writing starts again at page 2.
+//! next generation into the other slot and syncs, and writing starts again at page 2. Should that
+//! write or sync fail, the new generation is in force all the same and its header is written again
+//! with the next record, so one sync makes both durable: a record is never synced under a header
+//! of another generation. (Otherwise a header that reached the disk later, with some other sync,
+//! would make the records written after it stale.)
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -32,6 +36,8 @@ pub struct Wal {
     size: u64,
     generation: u64,
     offset: u64,
+    /// The current generation's header may not be on disk (a reset's write or sync failed).
+    header_dirty: bool,
     buf: Vec<u8>,
 }
 
@@ -69,6 +75,7 @@ impl Wal {
                 size,
                 generation: 0,
                 offset: 2 * PAGE,
+                header_dirty: false,
                 buf: Vec::new(),
             };
             wal.reset()?;
@@ -87,6 +94,7 @@ impl Wal {
             size: len,
             generation,
             offset: 2 * PAGE,
+            header_dirty: false,
             buf: Vec::new(),
         };
         let records = wal.scan()?;
@@ -178,28 +186,39 @@ impl Wal {
         h.update(payload);
         self.buf.extend_from_slice(&h.finalize().to_le_bytes());
         self.buf.extend_from_slice(payload);
+        if self.header_dirty {
+            self.write_header()?;
+        }
         self.file.write_all_at(&self.buf, self.offset)?;
         if sync {
             self.file.sync_data()?;
         }
+        self.header_dirty = false;
         self.offset += self.buf.len() as u64;
         Ok(())
     }
 
     /// Starts the next generation: everything logged so far is no longer needed (the caller made
-    /// the store durable first).
+    /// the store durable first). The generation is taken even when this fails: its header is then
+    /// written again with the next record.
     pub fn reset(&mut self) -> io::Result<()> {
-        let next = self.generation + 1;
+        self.generation += 1;
+        self.offset = 2 * PAGE;
+        self.header_dirty = true;
+        self.write_header()?;
+        self.file.sync_data()?;
+        self.header_dirty = false;
+        Ok(())
+    }
+
+    /// Writes the current generation's header into its slot.
+    fn write_header(&self) -> io::Result<()> {
         let mut h = [0u8; 20];
         h[..8].copy_from_slice(MAGIC);
-        h[8..16].copy_from_slice(&next.to_le_bytes());
+        h[8..16].copy_from_slice(&self.generation.to_le_bytes());
         let crc = crc32fast::hash(&h[..16]);
         h[16..20].copy_from_slice(&crc.to_le_bytes());
-        self.file.write_all_at(&h, (next % 2) * PAGE)?;
-        self.file.sync_data()?;
-        self.generation = next;
-        self.offset = 2 * PAGE;
-        Ok(())
+        self.file.write_all_at(&h, (self.generation % 2) * PAGE)
     }
 }
 
@@ -261,6 +280,32 @@ mod tests {
         let (wal, got) = Wal::open(&path, SIZE).unwrap();
         assert_eq!(wal.generation, generation);
         assert_eq!(got, vec![b"kept".to_vec()]);
+    }
+
+    /// A reset whose header did not reach the disk (its write or sync failed): the next record
+    /// writes the header again, so the record comes back after a reopen instead of being taken
+    /// for a stale one under the previous generation's header.
+    #[test]
+    fn a_reset_that_failed_is_completed_by_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (mut wal, _) = Wal::open(&path, SIZE).unwrap();
+        wal.append(b"before", true).unwrap();
+        let kept = wal.generation;
+        wal.reset().unwrap();
+        // As if the reset's header never landed: its slot holds zeros, and the log knows it.
+        wal.file
+            .write_all_at(&[0u8; 20], (wal.generation % 2) * PAGE)
+            .unwrap();
+        wal.header_dirty = true;
+        assert_eq!(Wal::read_header(&wal.file, wal.generation % 2), None);
+        wal.append(b"after", true).unwrap();
+        let generation = wal.generation;
+        drop(wal);
+        let (wal, got) = Wal::open(&path, SIZE).unwrap();
+        assert_eq!(wal.generation, generation);
+        assert_ne!(generation, kept);
+        assert_eq!(got, vec![b"after".to_vec()]);
     }
 
     #[test]

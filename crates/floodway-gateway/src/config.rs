@@ -415,6 +415,13 @@ pub struct Config {
     /// Data directory (default `./floodway-data`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Client connections open at once, at most (default 1024). At the cap the gateway stops
+    /// accepting until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client connection with nothing read or written for this long is closed (default 60 s).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
     /// Storage settings.
     #[serde(default)]
     pub storage: Storage,
@@ -435,12 +442,20 @@ fn default_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./floodway-data")
 }
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: default_listen(),
             data_dir: default_data_dir(),
+            max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
             storage: Storage::default(),
             role: Role::default(),
             strategy: Strategy::default(),
@@ -493,6 +508,12 @@ impl Config {
 
     /// Checks what the types cannot: names, bounds, orderings. Errors name the key path.
     pub fn check(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("max_connections: must be at least 1".into());
+        }
+        if self.idle_timeout.0.is_zero() {
+            return Err("idle_timeout: must be more than 0".into());
+        }
         if self.role != Role::Both && self.storage.backend != Backend::Nats {
             return Err(
                 "role: ingest and worker processes share a backlog, which needs storage.backend = \"nats\""
@@ -639,5 +660,12 @@ mod tests {
                 .unwrap_err()
                 .starts_with("topics.a.max_event_bytes")
         );
+        let e: Config = toml::from_str("max_connections = 0\n").unwrap();
+        assert_eq!(
+            e.check().unwrap_err(),
+            "max_connections: must be at least 1"
+        );
+        let f: Config = toml::from_str("idle_timeout = \"0s\"\n").unwrap();
+        assert_eq!(f.check().unwrap_err(), "idle_timeout: must be more than 0");
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::RwLocked;
 use crate::config::{Backend, Config, Role, SinkConfig, Strategy, TopicConfig, valid_topic_name};
+use crate::conn::Connections;
 use crate::problem::Problem;
 use crate::sink::Sink;
 use crate::store::{Appended, NewEvent, Store, StoreError, now_ms};
@@ -36,6 +37,7 @@ pub struct Gateway {
     store: Arc<dyn Store>,
     topics: std::sync::RwLock<HashMap<String, Arc<Topic>>>,
     creating: Mutex<()>,
+    connections: Arc<Connections>,
 }
 
 impl Gateway {
@@ -43,6 +45,7 @@ impl Gateway {
     pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Gateway>> {
         let recovered = store.recover().await?;
         let gw = Arc::new(Gateway {
+            connections: Connections::new(config.max_connections),
             config,
             store,
             topics: std::sync::RwLock::default(),
@@ -160,6 +163,16 @@ impl Gateway {
             t.stop(grace).await;
         }
         self.store.flush().await;
+    }
+
+    /// The client connections: how many may be open, and how many are.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
+    }
+
+    /// How long a client connection may stay idle.
+    pub fn idle_timeout(&self) -> Duration {
+        self.config.idle_timeout.0
     }
 
     /// Every topic, by name.
@@ -627,6 +640,12 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP floodway_connections Client connections open.\n# TYPE floodway_connections gauge\nfloodway_connections {}\n# HELP floodway_connections_max Client connections allowed at once.\n# TYPE floodway_connections_max gauge\nfloodway_connections_max {}",
+        gw.connections.open(),
+        gw.connections.max()
+    );
     let _ = writeln!(
         out,
         "# HELP floodway_refused_total Ingest requests refused, by reason.\n# TYPE floodway_refused_total counter"

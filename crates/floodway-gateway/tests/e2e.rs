@@ -273,3 +273,45 @@ async fn the_sink_sees_how_long_delivery_took() {
         "accept-to-delivery p99 {p99} ms"
     );
 }
+
+/// The gateway keeps at most `max_connections` open: a connection beyond them is not served
+/// until one closes. A connection on which nothing is sent is closed after `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_idle_ones_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = common::gateway(dir.path(), "max_connections = 2\nidle_timeout = \"2s\"\n");
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    // Accepted in the order they connect: these two take the room.
+    let first = TcpStream::connect(&addr).await.unwrap();
+    let mut second = TcpStream::connect(&addr).await.unwrap();
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "served while two connections were open");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The second sent nothing: the gateway closes it.
+    let n = tokio::time::timeout(Duration::from_secs(20), second.read(&mut buf))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Once the closed ones are gone, the gauge counts only the request asking for it.
+    let url = format!("{}/metrics", gw.url);
+    wait_for(Duration::from_secs(10), "one open connection", || async {
+        let m = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        assert!(m.contains("floodway_connections_max 2\n"), "{m}");
+        m.contains("floodway_connections 1\n")
+    })
+    .await;
+}

@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use floodway::{Clock, DeadLetter, Overflow, Queue};
 
 const ITEMS: u64 = 20_000;
@@ -195,5 +195,67 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Paired runs, for a machine whose speed drifts from run to run: tokio's channel and floodway's
+/// queue take turns, one run each per round (the order swapped every round), and each round's
+/// ratio (tokio's time over floodway's) is taken on its own. A change of the machine's speed that
+/// lasts longer than a round moves both runs of the round and not their ratio, so the median ratio
+/// holds still where criterion's separate estimates do not.
+fn paired(rounds: usize) {
+    const WARM_UP: usize = 20;
+    let rt = runtime();
+    let time = |run: &dyn Fn()| {
+        let start = std::time::Instant::now();
+        run();
+        start.elapsed().as_secs_f64()
+    };
+    for producers in [1u64, 2] {
+        let name = if producers == 1 { "spsc" } else { "mpsc2" };
+        for (label, clock) in [
+            ("default clock", Clock::tokio()),
+            ("Clock::tsc", Clock::tsc()),
+        ] {
+            let tokio = || rt.block_on(tokio_run(producers));
+            let ours = || rt.block_on(floodway_run(producers, clock.clone()));
+            let mut ratios = Vec::with_capacity(rounds);
+            for round in 0..WARM_UP + rounds {
+                let (t, f) = if round % 2 == 0 {
+                    let t = time(&tokio);
+                    (t, time(&ours))
+                } else {
+                    let f = time(&ours);
+                    (time(&tokio), f)
+                };
+                if round >= WARM_UP {
+                    ratios.push(t / f);
+                }
+            }
+            ratios.sort_by(f64::total_cmp);
+            let at = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
+            let met = ratios.iter().filter(|r| **r >= 0.9).count();
+            println!(
+                "queue {name}, {label}: tokio / floodway median {:.2}x (quartiles {:.2}x-{:.2}x), \
+                 >= 0.9x in {met} of {rounds} rounds",
+                at(0.5),
+                at(0.25),
+                at(0.75)
+            );
+        }
+    }
+}
+
 criterion_group!(benches, uncontended, bench);
-criterion_main!(benches);
+
+/// criterion's benches, or with `FLOODWAY_PAIRED=ROUNDS` the paired runs instead.
+fn main() {
+    match std::env::var("FLOODWAY_PAIRED") {
+        Ok(rounds) => paired(
+            rounds
+                .parse()
+                .expect("FLOODWAY_PAIRED is a number of rounds"),
+        ),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}

@@ -668,20 +668,20 @@ impl Topic {
                 }
             };
             if batch.is_empty() {
-                // Woken by an append or a replay, or when the store makes more events readable
-                // (an acknowledged event may become readable a few ms after its `202`); the
-                // timeout only guards against a missed wake.
-                let more = async {
-                    match readable.as_mut() {
-                        Some(r) => r.changed().await,
-                        None => std::future::pending().await,
-                    }
-                };
+                // Woken when the store makes more events readable, or, for a store whose
+                // acknowledged events are readable at once, by an append or a replay. (A store
+                // that signals would be woken by every append for nothing: what was just appended
+                // becomes readable only with its commit, a few ms after its `202`.) The timeout
+                // only guards against a missed wake.
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    // A store that stopped signalling (`Err`) leaves the append wake-up.
-                    tokio::select! {
-                        () = notified => {}
-                        Ok(()) = more => {}
+                    match readable.as_mut() {
+                        Some(r) => {
+                            if r.changed().await.is_err() {
+                                // The store stopped signalling: the append wake-up is left.
+                                notified.await;
+                            }
+                        }
+                        None => notified.await,
                     }
                 })
                 .await;
@@ -938,5 +938,125 @@ impl Topic {
             self.dead_letters.fetch_add(1, Ordering::AcqRel);
         }
         self.record_departure(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::config::SinkConfig;
+    use crate::store::{Appended, BoxFuture, MemoryStore, NewEvent, StoreError, TopicState};
+
+    /// A store whose events become readable only when it says so (as the embedded one's do, with
+    /// each commit), counting reads.
+    struct Signalling {
+        inner: MemoryStore,
+        reads: AtomicUsize,
+        readable: tokio::sync::watch::Sender<u64>,
+    }
+
+    impl Store for Signalling {
+        fn append(
+            &self,
+            topic: &str,
+            events: Vec<NewEvent>,
+        ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
+            self.inner.append(topic, events)
+        }
+        fn read_from(
+            &self,
+            topic: &str,
+            from: u64,
+            max: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.read_from(topic, from, max)
+        }
+        fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.ack(topic, seqs)
+        }
+        fn dead_letter(
+            &self,
+            topic: &str,
+            dead: DeadEvent,
+        ) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.dead_letter(topic, dead)
+        }
+        fn dead_letters(
+            &self,
+            topic: &str,
+            max: usize,
+        ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
+            self.inner.dead_letters(topic, max)
+        }
+        fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+            self.inner.replay(topic)
+        }
+        fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
+            self.inner.recover()
+        }
+        fn healthy(&self) -> bool {
+            true
+        }
+        fn readable(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+            Some(self.readable.subscribe())
+        }
+    }
+
+    /// Lets every task that is ready run (the runtime has one thread and paused time, so nothing
+    /// else moves meanwhile).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// With a store that signals when events become readable, the dispatcher reads on that
+    /// signal only: an append alone (not yet readable) does not wake it to read for nothing.
+    #[tokio::test(start_paused = true)]
+    async fn the_dispatcher_reads_when_the_store_says_more_is_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Signalling {
+            inner: MemoryStore::default(),
+            reads: AtomicUsize::new(0),
+            readable: tokio::sync::watch::channel(0).0,
+        });
+        let sink = SinkConfig::File {
+            path: dir.path().join("out.jsonl"),
+        };
+        let sink = Arc::new(Sink::open(&sink).await.unwrap());
+        let config = TopicConfig::default();
+        let topic = Arc::new(Topic::new(
+            "t".into(),
+            config,
+            Strategy::Floodway,
+            0,
+            0,
+            0,
+            false,
+        ));
+        topic.start(store.clone(), sink, true).await.unwrap();
+        settle().await;
+        let idle = store.reads.load(Ordering::Relaxed);
+        assert!(idle >= 1, "the dispatcher looked once at the start");
+        for _ in 0..100 {
+            topic
+                .reserve(1, 10, floodway::Priority::Normal)
+                .unwrap()
+                .commit(1, 10);
+            settle().await;
+        }
+        assert_eq!(
+            store.reads.load(Ordering::Relaxed),
+            idle,
+            "no read per append"
+        );
+        store.readable.send_modify(|n| *n += 1);
+        settle().await;
+        assert_eq!(store.reads.load(Ordering::Relaxed), idle + 1);
+        topic.stop(Duration::from_secs(1)).await;
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use serde_json::json;
 
 use crate::Locked;
 use crate::config::SinkConfig;
@@ -135,32 +134,54 @@ async fn http(
 }
 
 /// The JSON line a file or stdout sink writes: the body inline when it is JSON, as text when it
-/// is UTF-8, else as hex.
+/// is UTF-8, else as hex. Keys in alphabetical order.
+///
+/// A JSON body already on one line is copied in as it is, once checked to be JSON: parsing it into
+/// a tree and printing that again was most of the line's cost. Any other body goes through
+/// `serde_json`, which also puts a JSON body spread over several lines onto one.
 pub fn json_line(topic: &str, e: &StoredEvent) -> Vec<u8> {
     let body = &e.event.body;
-    let mut v = json!({
-        "id": e.seq.to_string(),
-        "topic": topic,
-        "accepted_ms": e.event.accepted_ms,
-        "content_type": e.event.content_type,
-        "priority": e.event.priority.as_str(),
-    });
-    let parsed = e
-        .event
-        .content_type
-        .starts_with("application/json")
-        .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())
-        .flatten();
-    match (parsed, std::str::from_utf8(body)) {
-        (Some(j), _) => v["body"] = j,
-        (None, Ok(text)) => v["body_text"] = json!(text),
-        (None, Err(_)) => {
-            v["body_hex"] = json!(body.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    let is_json = e.event.content_type.starts_with("application/json");
+    let one_line = !body.iter().any(|b| matches!(b, b'\n' | b'\r'));
+    let mut line = Vec::with_capacity(body.len() + e.event.content_type.len() + topic.len() + 96);
+    put(&mut line, "accepted_ms", &e.event.accepted_ms);
+    if is_json && one_line && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        key(&mut line, "body");
+        line.extend_from_slice(body);
+    } else {
+        let parsed = is_json
+            .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .flatten();
+        match (parsed, std::str::from_utf8(body)) {
+            (Some(j), _) => put(&mut line, "body", &j),
+            (None, Ok(text)) => put(&mut line, "body_text", text),
+            (None, Err(_)) => {
+                let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+                put(&mut line, "body_hex", &hex);
+            }
         }
     }
-    let mut line = serde_json::to_vec(&v).unwrap_or_default();
-    line.push(b'\n');
+    put(&mut line, "content_type", &e.event.content_type);
+    put(&mut line, "id", &e.seq.to_string());
+    put(&mut line, "priority", e.event.priority.as_str());
+    put(&mut line, "topic", topic);
+    line.extend_from_slice(b"}\n");
     line
+}
+
+/// Starts the next member of the object being written into `line`: `{` or `,`, then the key.
+fn key(line: &mut Vec<u8>, key: &str) {
+    line.push(if line.is_empty() { b'{' } else { b',' });
+    line.push(b'"');
+    line.extend_from_slice(key.as_bytes());
+    line.extend_from_slice(b"\":");
+}
+
+/// One member of the object being written into `line`.
+fn put<T: serde::Serialize + ?Sized>(line: &mut Vec<u8>, name: &str, value: &T) {
+    key(line, name);
+    // Writing to a Vec fails only for a value that cannot be JSON, which none here is.
+    let _ = serde_json::to_writer(&mut *line, value);
 }
 
 fn write_line<W: std::io::Write>(w: &mut W, topic: &str, e: &StoredEvent) -> Attempt {
@@ -171,5 +192,76 @@ fn write_line<W: std::io::Write>(w: &mut W, topic: &str, e: &StoredEvent) -> Att
             after: None,
             error: format!("write failed: {err}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::NewEvent;
+
+    /// The line as a tree of values, built the plain way: what [`json_line`] must match.
+    fn model(topic: &str, e: &StoredEvent) -> serde_json::Value {
+        let body = &e.event.body;
+        let mut v = json!({
+            "id": e.seq.to_string(),
+            "topic": topic,
+            "accepted_ms": e.event.accepted_ms,
+            "content_type": e.event.content_type,
+            "priority": e.event.priority.as_str(),
+        });
+        let parsed = e
+            .event
+            .content_type
+            .starts_with("application/json")
+            .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .flatten();
+        match (parsed, std::str::from_utf8(body)) {
+            (Some(j), _) => v["body"] = j,
+            (None, Ok(text)) => v["body_text"] = json!(text),
+            (None, Err(_)) => {
+                v["body_hex"] = json!(body.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn a_line_holds_the_event_on_one_line_whatever_its_body() {
+        let cases: [(&str, &[u8]); 9] = [
+            ("application/json", br#"{"order":17,"items":["a","b"]}"#),
+            (
+                "application/json; charset=utf-8",
+                br#" { "spaced" : [1, 2.5, null] } "#,
+            ),
+            ("application/json", b"{\n  \"pretty\": \"yes\"\n}\n"),
+            ("application/json", br#""just a string with \" and \\n""#),
+            ("application/json", b"[1,2,3]"),
+            ("application/json", b"{not json"),
+            ("text/plain", "caf\u{e9} \"quoted\"\nline two".as_bytes()),
+            ("application/octet-stream", &[0xff, 0x00, 0x10]),
+            ("text/x-\"odd\"", b""),
+        ];
+        for (i, (content_type, body)) in cases.into_iter().enumerate() {
+            let e = StoredEvent {
+                seq: 40 + i as u64,
+                event: NewEvent {
+                    content_type: content_type.to_owned(),
+                    body: body.to_vec(),
+                    priority: floodway::Priority::High,
+                    deadline_ms: None,
+                    idempotency_key: None,
+                    accepted_ms: 1_700_000_000_123,
+                },
+            };
+            let line = json_line("orders", &e);
+            let text = String::from_utf8(line.clone()).unwrap();
+            assert!(text.ends_with('\n'), "{text}");
+            assert_eq!(text.matches('\n').count(), 1, "one line: {text}");
+            let got: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(got, model("orders", &e), "case {i}: {text}");
+        }
     }
 }

@@ -16,7 +16,7 @@
 //! one).
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -43,8 +43,8 @@ fn stream_name(prefix: &str, topic: &str) -> String {
     format!("{prefix}{}", topic.replace('.', "~"))
 }
 
-/// A topic's streams and consumer.
-#[derive(Clone)]
+/// A topic's streams and consumer. Shared behind an `Arc`: a stream handle carries the stream's
+/// whole cached info (its configuration's strings among it), too much to copy for every request.
 struct Handles {
     subject: String,
     dead_subject: String,
@@ -59,7 +59,7 @@ pub struct NatsStore {
     client: async_nats::Client,
     js: jetstream::Context,
     config: NatsConfig,
-    topics: RwLock<HashMap<String, Handles>>,
+    topics: RwLock<HashMap<String, Arc<Handles>>>,
 }
 
 impl std::fmt::Debug for NatsStore {
@@ -98,7 +98,7 @@ impl NatsStore {
         })
     }
 
-    fn handles(&self, topic: &str) -> Result<Handles, StoreError> {
+    fn handles(&self, topic: &str) -> Result<Arc<Handles>, StoreError> {
         self.topics
             .read_locked()
             .get(topic)
@@ -432,7 +432,9 @@ impl Store for NatsStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let h = patiently(|| self.create(topic, config)).await?;
-            self.topics.write_locked().insert(topic.to_owned(), h);
+            self.topics
+                .write_locked()
+                .insert(topic.to_owned(), Arc::new(h));
             Ok(())
         })
     }
@@ -451,7 +453,7 @@ impl Store for NatsStore {
             let h = handles?;
             let config = consumer::pull::Config {
                 max_ack_pending: limit as i64,
-                ..h.consumer_config
+                ..h.consumer_config.clone()
             };
             // Creating a durable consumer that exists with only editable fields changed updates
             // it (what servers before 2.10 offer for an update).
@@ -468,7 +470,7 @@ impl Store for NatsStore {
         Box::pin(async move {
             let h = handles?;
             Ok(Some(Box::new(NatsFeed {
-                consumer: h.consumer,
+                consumer: h.consumer.clone(),
             }) as Box<dyn Feed>))
         })
     }

@@ -281,9 +281,10 @@ async fn connections_are_capped_and_idle_ones_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     let dir = tempfile::tempdir().unwrap();
-    let gw = common::gateway(dir.path(), "max_connections = 2\nidle_timeout = \"2s\"\n");
+    let gw = common::gateway(dir.path(), "max_connections = 2\nidle_timeout = \"5s\"\n");
     let addr = gw.url.trim_start_matches("http://").to_owned();
-    // Accepted in the order they connect: these two take the room.
+    // Accepted in the order they connect: these two take the room. (The idle timeout is long
+    // enough that neither is closed for it before the third has been checked.)
     let first = TcpStream::connect(&addr).await.unwrap();
     let mut second = TcpStream::connect(&addr).await.unwrap();
     let mut third = TcpStream::connect(&addr).await.unwrap();

@@ -6,7 +6,8 @@
 //! share one sync. Each group's new events are numbered and written as one record to a write-ahead
 //! log ([`crate::wal`]) that is synced: one write and one `fdatasync` into preallocated space,
 //! several times quicker than a synced B-tree commit. Once the group's callers are answered, its
-//! events go into an open redb transaction (acks and dead letters go in as they come). The
+//! events go into an open redb transaction (acks and dead letters go in as they come, and are also
+//! kept until the next synced commit, so that a reload can apply them again). The
 //! transaction is committed (unsynced) at most every few milliseconds, which makes what it holds
 //! readable for delivery ([`Store::readable`] tells readers when), so an event is never readable
 //! before it is logged; every 250 ms (or when the log is half full) it is committed synced and the
@@ -622,6 +623,7 @@ impl RedbStore {
             reopen_at: None,
             open: None,
             staged: Staged::default(),
+            unsynced: Unsynced::default(),
             readable,
             clock,
         };
@@ -710,6 +712,7 @@ struct Writer {
     reopen_at: Option<std::time::Instant>,
     /// The last group's appended events, logged but not yet in `open` (see [`Writer::apply`]).
     staged: Staged,
+    unsynced: Unsynced,
     /// Bumped after each commit: readers that found nothing new wait for it.
     readable: tokio::sync::watch::Sender<u64>,
     /// Waits for the next op with a deadline (tokio's channel has no blocking receive with a
@@ -748,6 +751,67 @@ impl Staged {
         self.log.clear();
         self.events.clear();
         self.topics.clear();
+    }
+}
+
+/// Deliveries acknowledged and events dead-lettered since the last synced commit. The log holds
+/// appends only, so a reload (after a failed transaction, or with the database opened again, which
+/// keeps only what was synced) would otherwise bring these events back to the backlog: stored
+/// again, and delivered again only at the next start, a dead letter lost. The reload applies them
+/// once more. Emptied by every synced commit; bounded by [`MAX_UNSYNCED`] beyond that (past it, an
+/// event is delivered again after a restart, as after a crash).
+#[derive(Default)]
+struct Unsynced {
+    acks: HashMap<String, Vec<u64>>,
+    dead: Vec<(String, DeadEvent)>,
+    len: usize,
+}
+
+/// The most entries [`Unsynced`] keeps (a quarter of a second at 4M deliveries/s).
+const MAX_UNSYNCED: usize = 1 << 20;
+
+impl Unsynced {
+    /// Keeps acknowledged `seqs` of `topic`, unless full.
+    fn ack(&mut self, topic: &str, seqs: &[u64]) {
+        if self.len + seqs.len() > MAX_UNSYNCED {
+            return;
+        }
+        self.len += seqs.len();
+        match self.acks.get_mut(topic) {
+            Some(kept) => kept.extend_from_slice(seqs),
+            None => drop(self.acks.insert(topic.to_owned(), seqs.to_vec())),
+        }
+    }
+
+    /// Keeps a dead letter of `topic`, unless full.
+    fn dead(&mut self, topic: &str, d: &DeadEvent) {
+        if self.len < MAX_UNSYNCED {
+            self.len += 1;
+            self.dead.push((topic.to_owned(), d.clone()));
+        }
+    }
+
+    /// Applies what is kept to `txn`.
+    fn apply(&self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let mut events = txn.open_table(EVENTS).map_err(err)?;
+        let mut dead = txn.open_table(DEAD).map_err(err)?;
+        for (topic, seqs) in &self.acks {
+            for &seq in seqs {
+                events.remove((topic.as_str(), seq)).map_err(err)?;
+            }
+        }
+        for (topic, d) in &self.dead {
+            events.remove((topic.as_str(), d.stored.seq)).map_err(err)?;
+            dead.insert((topic.as_str(), d.stored.seq), encode_dead(d).as_slice())
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.acks.clear();
+        self.dead.clear();
+        self.len = 0;
     }
 }
 
@@ -905,7 +969,9 @@ impl Writer {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         let (next, _) = RedbStore::restore(&txn, &logged)?;
+        self.unsynced.apply(&txn)?;
         txn.commit().map_err(err)?;
+        self.unsynced.clear();
         self.reset_log();
         self.next = next;
         self.last_checkpoint = std::time::Instant::now();
@@ -1004,6 +1070,7 @@ impl Writer {
             return Err(err(e));
         }
         self.readable.send_modify(|n| *n += 1);
+        self.unsynced.clear();
         self.reset_log();
         self.last_checkpoint = std::time::Instant::now();
         Ok(())
@@ -1110,12 +1177,15 @@ impl Writer {
                             outcomes.push(Outcome::Appended(reply, out));
                         }
                         Op::Ack(topic, acked, reply) => {
+                            // Kept first: should a removal fail, the reload applies them.
+                            self.unsynced.ack(&topic, &acked);
                             for seq in acked {
                                 events.remove((topic.as_str(), seq)).map_err(err)?;
                             }
                             outcomes.push(Outcome::Unit(reply));
                         }
                         Op::Dead(topic, d, reply) => {
+                            self.unsynced.dead(&topic, &d);
                             events.remove((topic.as_str(), d.stored.seq)).map_err(err)?;
                             dead.insert((topic.as_str(), d.stored.seq), encode_dead(&d).as_slice())
                                 .map_err(err)?;
@@ -1175,7 +1245,12 @@ impl Writer {
                 for op in pending {
                     match op {
                         Op::Append(_, _, r) => drop(r.send(Err(e.clone()))),
-                        Op::Ack(_, _, r) | Op::Dead(_, _, r) => drop(r.send(Err(e.clone()))),
+                        Op::Ack(topic, acked, r) => {
+                            // Removed by the reload.
+                            self.unsynced.ack(&topic, &acked);
+                            drop(r.send(Err(e.clone())));
+                        }
+                        Op::Dead(_, _, r) => drop(r.send(Err(e.clone()))),
                         Op::Replay(_, r) => drop(r.send(Err(e.clone()))),
                     }
                 }
@@ -1355,6 +1430,7 @@ mod tests {
                 since: std::time::Instant::now() + Duration::from_secs(3600),
             }),
             staged: Staged::default(),
+            unsynced: Unsynced::default(),
             readable: tokio::sync::watch::channel(0).0,
             clock: tokio::runtime::Builder::new_current_thread()
                 .enable_time()
@@ -1544,6 +1620,66 @@ mod tests {
         drop(s);
         let s = RedbStore::open(&path, Fsync::Batch).unwrap();
         assert_eq!(bodies(s.read_from("t", 0, 10).unwrap()), want);
+    }
+
+    /// A delivery acknowledged, and an event dead-lettered, in a transaction that then fails stay
+    /// so: the reload, which brings back what the log holds, applies them again instead of putting
+    /// the events back in the backlog.
+    #[test]
+    fn acks_and_dead_letters_in_a_dropped_transaction_survive_the_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let (tx, _) = oneshot::channel();
+        w.group(vec![Op::Append(
+            "t".into(),
+            vec![event("a", None), event("b", None), event("c", None)],
+            tx,
+        )]);
+        w.publish();
+        assert_eq!(committed_seqs(&w.db), vec![1, 2, 3]);
+        // The next transaction, not due for a commit, takes the acknowledgement of event 1.
+        let mut txn = w.db.begin_write().unwrap();
+        txn.set_durability(Durability::None);
+        w.open = Some(OpenTxn {
+            txn,
+            since: std::time::Instant::now() + Duration::from_secs(3600),
+        });
+        let (tx, mut acked) = oneshot::channel();
+        let (dtx, mut buried) = oneshot::channel();
+        let dead = DeadEvent {
+            stored: StoredEvent {
+                seq: 3,
+                event: event("c", None),
+            },
+            reason: "permanent".into(),
+            error: "sink answered 400".into(),
+            attempts: 1,
+            dead_ms: 9,
+        };
+        w.group(vec![
+            Op::Ack("t".into(), vec![1], tx),
+            Op::Dead("t".into(), dead.clone(), dtx),
+        ]);
+        assert!(acked.try_recv().unwrap().is_ok());
+        assert!(buried.try_recv().unwrap().is_ok());
+        // That transaction fails and is dropped.
+        w.reload();
+        assert_eq!(committed_seqs(&w.db), vec![2]);
+        let dead_letters =
+            w.db.read(|txn| {
+                let t = txn.open_table(DEAD).map_err(err)?;
+                let rows: Vec<DeadEvent> = t
+                    .iter()
+                    .map_err(err)?
+                    .map(|r| decode_dead(r.unwrap().1.value()).unwrap())
+                    .collect();
+                Ok(rows)
+            })
+            .unwrap();
+        assert_eq!(dead_letters, vec![dead]);
+        // A synced commit forgets what it made durable.
+        w.checkpoint().unwrap();
+        assert_eq!(w.unsynced.len, 0);
     }
 
     /// A crash after the log was synced but before the store was: the logged events come back,

@@ -22,18 +22,21 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 
-use crate::RwLocked;
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
     Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, Feed, Lease, Leased, NewEvent, Settle,
     Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode, encode_dead,
 };
+use crate::{Locked, RwLocked};
 
 const EVENTS_PREFIX: &str = "FLOODWAY_E_";
 const DEAD_PREFIX: &str = "FLOODWAY_D_";
 const CONSUMER: &str = "floodway";
 /// How long a topic's streams may take to become available at startup.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+/// How often the dead-letter count is asked for. It only feeds a gauge; the backlog itself, which
+/// decides refusals, is asked for at every poll.
+const DEAD_COUNT_EVERY: Duration = Duration::from_secs(2);
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -52,6 +55,8 @@ struct Handles {
     dead: stream::Stream,
     consumer: consumer::PullConsumer,
     consumer_config: consumer::pull::Config,
+    /// The dead stream's message count, and when it was read.
+    dead_seen: std::sync::Mutex<Option<(tokio::time::Instant, u64)>>,
 }
 
 /// The NATS JetStream backend.
@@ -172,6 +177,7 @@ impl NatsStore {
             dead,
             consumer,
             consumer_config: wanted,
+            dead_seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -202,8 +208,16 @@ impl NatsStore {
             .map_err(publish_error)
     }
 
+    /// The topic's dead letters, as read at most [`DEAD_COUNT_EVERY`] ago.
     async fn dead_count(&self, h: &Handles) -> Result<u64, StoreError> {
-        Ok(h.dead.get_info().await.map_err(unavailable)?.state.messages)
+        if let Some((at, n)) = *h.dead_seen.locked() {
+            if at.elapsed() < DEAD_COUNT_EVERY {
+                return Ok(n);
+            }
+        }
+        let n = h.dead.get_info().await.map_err(unavailable)?.state.messages;
+        *h.dead_seen.locked() = Some((tokio::time::Instant::now(), n));
+        Ok(n)
     }
 }
 

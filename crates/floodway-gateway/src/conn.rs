@@ -81,7 +81,7 @@ impl axum::serve::Listener for Limited {
             .expect("the semaphore is never closed");
         // axum's accept, which logs and retries failures such as running out of descriptors.
         let (io, addr) = axum::serve::Listener::accept(&mut self.listener).await;
-        (Guarded::new(io, self.idle, Some(permit)), addr)
+        (Guarded::new(io, self.idle, permit), addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -99,11 +99,11 @@ pub struct Guarded<S> {
     last: Instant,
     /// Armed for `last + idle` or earlier; moved on when it fires early.
     timer: Pin<Box<Sleep>>,
-    _room: Option<OwnedSemaphorePermit>,
+    _room: OwnedSemaphorePermit,
 }
 
 impl<S> Guarded<S> {
-    fn new(inner: S, idle: Duration, room: Option<OwnedSemaphorePermit>) -> Guarded<S> {
+    fn new(inner: S, idle: Duration, room: OwnedSemaphorePermit) -> Guarded<S> {
         let now = Instant::now();
         Guarded {
             inner,
@@ -233,7 +233,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_times_out_and_traffic_keeps_it_open() {
         let (client, server) = tokio::io::duplex(64);
-        let mut conn = Guarded::new(server, IDLE, None);
+        let room = Connections::new(1)
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .unwrap();
+        let mut conn = Guarded::new(server, IDLE, room);
         let mut client = client;
         let mut buf = [0u8; 8];
         let start = Instant::now();
@@ -261,7 +266,7 @@ mod tests {
         let connections = Connections::new(2);
         let permit = connections.permits.clone().acquire_owned().await.unwrap();
         let (_client, server) = tokio::io::duplex(8);
-        let conn = Guarded::new(server, IDLE, Some(permit));
+        let conn = Guarded::new(server, IDLE, permit);
         assert_eq!(connections.open(), 1);
         drop(conn);
         assert_eq!(connections.open(), 0);

@@ -627,10 +627,7 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     ];
     let stats: Vec<_> = gw.all_topics().iter().map(|t| t.stats()).collect();
     for (name, help) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP floodway_{name} {help}\n# TYPE floodway_{name} gauge"
-        );
+        family(&mut out, name, "gauge", help);
         for s in &stats {
             let _ = writeln!(
                 out,
@@ -640,16 +637,13 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP floodway_connections Client connections open.\n# TYPE floodway_connections gauge\nfloodway_connections {}\n# HELP floodway_connections_max Client connections allowed at once.\n# TYPE floodway_connections_max gauge\nfloodway_connections_max {}",
-        gw.connections.open(),
-        gw.connections.max()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP floodway_refused_total Ingest requests refused, by reason.\n# TYPE floodway_refused_total counter"
-    );
+    family(&mut out, "connections", "gauge", "Client connections open.");
+    let _ = writeln!(out, "floodway_connections {}", gw.connections.open());
+    let help = "Client connections allowed at once.";
+    family(&mut out, "connections_max", "gauge", help);
+    let _ = writeln!(out, "floodway_connections_max {}", gw.connections.max());
+    let help = "Ingest requests refused, by reason.";
+    family(&mut out, "refused_total", "counter", help);
     for s in &stats {
         if let Some(m) = s["refused"].as_object() {
             for (reason, v) in m {
@@ -661,10 +655,8 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             }
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP floodway_pressure_level Pressure level: 0 normal, 1 elevated, 2 saturated, 3 overloaded.\n# TYPE floodway_pressure_level gauge"
-    );
+    let help = "Pressure level: 0 normal, 1 elevated, 2 saturated, 3 overloaded.";
+    family(&mut out, "pressure_level", "gauge", help);
     for s in &stats {
         let level = match s["pressure"].as_str() {
             Some("elevated") => 1,
@@ -679,4 +671,13 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The `# HELP` and `# TYPE` lines of the metric `floodway_{name}`.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP floodway_{name} {help}\n# TYPE floodway_{name} {kind}"
+    );
 }

@@ -483,6 +483,33 @@ impl Outcome {
     }
 }
 
+type EventsTable<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
+
+/// Removes delivered events (an ack).
+fn remove_events(
+    events: &mut EventsTable<'_>,
+    topic: &str,
+    seqs: &[u64],
+) -> Result<(), StoreError> {
+    for &seq in seqs {
+        events.remove((topic, seq)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Moves an event to its topic's dead letters.
+fn move_to_dead(
+    events: &mut EventsTable<'_>,
+    dead: &mut EventsTable<'_>,
+    topic: &str,
+    d: &DeadEvent,
+) -> Result<(), StoreError> {
+    events.remove((topic, d.stored.seq)).map_err(err)?;
+    dead.insert((topic, d.stored.seq), encode_dead(d).as_slice())
+        .map_err(err)?;
+    Ok(())
+}
+
 /// How soon the writer opens the database again after a failure left it unusable, and how often
 /// it tries again while that fails.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -521,8 +548,25 @@ impl Db {
         f(&db.begin_read().map_err(err)?)
     }
 
-    /// A write transaction (only the writer calls this, and only the writer reopens, so the lock
-    /// is never contended for long).
+    /// Up to `max` dead letters of `topic`, oldest first.
+    fn read_dead(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(DEAD).map_err(err)?;
+            let mut out = Vec::new();
+            for row in t
+                .range((topic, 0)..=(topic, u64::MAX))
+                .map_err(err)?
+                .take(max)
+            {
+                let (_, v) = row.map_err(err)?;
+                out.push(decode_dead(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// A write transaction. Only the writer thread writes (and the opening, before it starts), and
+    /// only it reopens, so this lock is never waited for long.
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
         let slot = self.slot.read().map_err(|_| closed())?;
         slot.as_ref().ok_or_else(closed)?.begin_write().map_err(err)
@@ -796,14 +840,10 @@ impl Unsynced {
         let mut events = txn.open_table(EVENTS).map_err(err)?;
         let mut dead = txn.open_table(DEAD).map_err(err)?;
         for (topic, seqs) in &self.acks {
-            for &seq in seqs {
-                events.remove((topic.as_str(), seq)).map_err(err)?;
-            }
+            remove_events(&mut events, topic, seqs)?;
         }
         for (topic, d) in &self.dead {
-            events.remove((topic.as_str(), d.stored.seq)).map_err(err)?;
-            dead.insert((topic.as_str(), d.stored.seq), encode_dead(d).as_slice())
-                .map_err(err)?;
+            move_to_dead(&mut events, &mut dead, topic, d)?;
         }
         Ok(())
     }
@@ -846,9 +886,7 @@ impl Writer {
                         Err(_) => {
                             // Quiet for a moment: make what was applied readable (and, at the
                             // top of the loop, open the database again if that is due).
-                            if self.open.is_some() {
-                                self.publish();
-                            }
+                            self.publish();
                             continue;
                         }
                     }
@@ -982,8 +1020,8 @@ impl Writer {
     /// Opens the database again and reloads it from the log; on success the store takes writes
     /// again.
     fn recover(&mut self) {
+        // No transaction may be open while its database is dropped (see `Writer::open`).
         self.open = None;
-        self.staged.clear();
         match self.db.reopen().and_then(|()| self.try_reload()) {
             Ok(()) => {
                 tracing::info!("store opened again after a failure");
@@ -1088,10 +1126,11 @@ impl Writer {
     /// Applies a batch to the open transaction (opening one if needed); nothing is committed here.
     ///
     /// Appended events are decided (duplicates found, numbers taken) and written as log entries
-    /// here, but staged ([`Staged`]) rather than inserted: the B-tree inserts are most of a group's work, and making them after
-    /// the callers have their answer takes them off every request's wait. The log is what makes an
-    /// event durable, so nothing about durability changes; readers see an event once the
-    /// transaction holding it is committed, which is after the insert either way.
+    /// here, but staged ([`Staged`]) rather than inserted: the B-tree inserts are most of a group's
+    /// work, and making them after the callers have their answer takes them off every request's
+    /// wait. The log is what makes an event durable, so nothing about durability changes; readers
+    /// see an event once the transaction holding it is committed, which is after the insert either
+    /// way.
     fn apply(&mut self, batch: Vec<Op>) -> Result<Applied, (StoreError, Vec<Outcome>)> {
         debug_assert!(
             self.staged.events.is_empty() && self.staged.log.is_empty(),
@@ -1179,16 +1218,12 @@ impl Writer {
                         Op::Ack(topic, acked, reply) => {
                             // Kept first: should a removal fail, the reload applies them.
                             self.unsynced.ack(&topic, &acked);
-                            for seq in acked {
-                                events.remove((topic.as_str(), seq)).map_err(err)?;
-                            }
+                            remove_events(&mut events, &topic, &acked)?;
                             outcomes.push(Outcome::Unit(reply));
                         }
                         Op::Dead(topic, d, reply) => {
                             self.unsynced.dead(&topic, &d);
-                            events.remove((topic.as_str(), d.stored.seq)).map_err(err)?;
-                            dead.insert((topic.as_str(), d.stored.seq), encode_dead(&d).as_slice())
-                                .map_err(err)?;
+                            move_to_dead(&mut events, &mut dead, &topic, &d)?;
                             outcomes.push(Outcome::Unit(reply));
                         }
                         Op::Replay(topic, reply) => {
@@ -1261,22 +1296,6 @@ impl Writer {
 }
 
 impl RedbStore {
-    fn read_dead(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError> {
-        self.db.read(|txn| {
-            let t = txn.open_table(DEAD).map_err(err)?;
-            let mut out = Vec::new();
-            for row in t
-                .range((topic, 0)..=(topic, u64::MAX))
-                .map_err(err)?
-                .take(max)
-            {
-                let (_, v) = row.map_err(err)?;
-                out.push(decode_dead(v.value())?);
-            }
-            Ok(out)
-        })
-    }
-
     fn read_state(&self) -> Result<HashMap<String, TopicState>, StoreError> {
         self.db.read(Self::read_state_in)
     }
@@ -1366,7 +1385,7 @@ impl Store for RedbStore {
         topic: &str,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
-        Box::pin(std::future::ready(self.read_dead(topic, max)))
+        Box::pin(std::future::ready(self.db.read_dead(topic, max)))
     }
 
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
@@ -1415,8 +1434,7 @@ mod tests {
         }
         let (mut wal, _) = Wal::open(&dir.join("s.wal"), WAL_SIZE).unwrap();
         wal.reset().unwrap();
-        let mut txn = db.begin_write().unwrap();
-        txn.set_durability(Durability::None);
+        let open = not_due(&db);
         Writer {
             db,
             next: HashMap::new(),
@@ -1425,10 +1443,7 @@ mod tests {
             wal,
             last_checkpoint: std::time::Instant::now(),
             reopen_at: None,
-            open: Some(OpenTxn {
-                txn,
-                since: std::time::Instant::now() + Duration::from_secs(3600),
-            }),
+            open: Some(open),
             staged: Staged::default(),
             unsynced: Unsynced::default(),
             readable: tokio::sync::watch::channel(0).0,
@@ -1436,6 +1451,16 @@ mod tests {
                 .enable_time()
                 .build()
                 .unwrap(),
+        }
+    }
+
+    /// An open transaction that is not due to be committed, so a test decides when it is.
+    fn not_due(db: &Db) -> OpenTxn {
+        let mut txn = db.begin_write().unwrap();
+        txn.set_durability(Durability::None);
+        OpenTxn {
+            txn,
+            since: std::time::Instant::now() + Duration::from_secs(3600),
         }
     }
 
@@ -1638,12 +1663,7 @@ mod tests {
         w.publish();
         assert_eq!(committed_seqs(&w.db), vec![1, 2, 3]);
         // The next transaction, not due for a commit, takes the acknowledgement of event 1.
-        let mut txn = w.db.begin_write().unwrap();
-        txn.set_durability(Durability::None);
-        w.open = Some(OpenTxn {
-            txn,
-            since: std::time::Instant::now() + Duration::from_secs(3600),
-        });
+        w.open = Some(not_due(&w.db));
         let (tx, mut acked) = oneshot::channel();
         let (dtx, mut buried) = oneshot::channel();
         let dead = DeadEvent {
@@ -1665,18 +1685,7 @@ mod tests {
         // That transaction fails and is dropped.
         w.reload();
         assert_eq!(committed_seqs(&w.db), vec![2]);
-        let dead_letters =
-            w.db.read(|txn| {
-                let t = txn.open_table(DEAD).map_err(err)?;
-                let rows: Vec<DeadEvent> = t
-                    .iter()
-                    .map_err(err)?
-                    .map(|r| decode_dead(r.unwrap().1.value()).unwrap())
-                    .collect();
-                Ok(rows)
-            })
-            .unwrap();
-        assert_eq!(dead_letters, vec![dead]);
+        assert_eq!(w.db.read_dead("t", 10).unwrap(), vec![dead]);
         // A synced commit forgets what it made durable.
         w.checkpoint().unwrap();
         assert_eq!(w.unsynced.len, 0);

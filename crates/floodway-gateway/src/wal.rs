@@ -211,6 +211,11 @@ impl Wal {
         Ok(())
     }
 
+    /// Where the current generation's header lives: one slot per parity.
+    fn header_at(&self) -> u64 {
+        (self.generation % 2) * PAGE
+    }
+
     /// Writes the current generation's header into its slot.
     fn write_header(&self) -> io::Result<()> {
         let mut h = [0u8; 20];
@@ -218,7 +223,7 @@ impl Wal {
         h[8..16].copy_from_slice(&self.generation.to_le_bytes());
         let crc = crc32fast::hash(&h[..16]);
         h[16..20].copy_from_slice(&crc.to_le_bytes());
-        self.file.write_all_at(&h, (self.generation % 2) * PAGE)
+        self.file.write_all_at(&h, self.header_at())
     }
 }
 
@@ -274,7 +279,7 @@ mod tests {
         let generation = wal.generation;
         wal.reset().unwrap();
         wal.file
-            .write_all_at(b"garbage", (wal.generation % 2) * PAGE + 9)
+            .write_all_at(b"garbage", wal.header_at() + 9)
             .unwrap();
         drop(wal);
         let (wal, got) = Wal::open(&path, SIZE).unwrap();
@@ -294,9 +299,7 @@ mod tests {
         let kept = wal.generation;
         wal.reset().unwrap();
         // As if the reset's header never landed: its slot holds zeros, and the log knows it.
-        wal.file
-            .write_all_at(&[0u8; 20], (wal.generation % 2) * PAGE)
-            .unwrap();
+        wal.file.write_all_at(&[0u8; 20], wal.header_at()).unwrap();
         wal.header_dirty = true;
         assert_eq!(Wal::read_header(&wal.file, wal.generation % 2), None);
         wal.append(b"after", true).unwrap();

@@ -12,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ use tokio::time::{Instant, Sleep};
 pub struct Connections {
     permits: Arc<Semaphore>,
     max: usize,
+    /// Connections accepted and not yet closed. Not derived from the permits: the listener holds
+    /// one while it waits for the next connection.
+    open: AtomicUsize,
 }
 
 impl Connections {
@@ -33,12 +37,13 @@ impl Connections {
         Arc::new(Connections {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            open: AtomicUsize::new(0),
         })
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.max - self.permits.available_permits()
+        self.open.load(Ordering::Relaxed)
     }
 
     /// The cap.
@@ -81,7 +86,8 @@ impl axum::serve::Listener for Limited {
             .expect("the semaphore is never closed");
         // axum's accept, which logs and retries failures such as running out of descriptors.
         let (io, addr) = axum::serve::Listener::accept(&mut self.listener).await;
-        (Guarded::new(io, self.idle, permit), addr)
+        let room = Room::new(permit, self.connections.clone());
+        (Guarded::new(io, self.idle, room), addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -99,11 +105,34 @@ pub struct Guarded<S> {
     last: Instant,
     /// Armed for `last + idle` or earlier; moved on when it fires early.
     timer: Pin<Box<Sleep>>,
-    _room: OwnedSemaphorePermit,
+    _room: Room,
+}
+
+/// An open connection's place among the [`Connections`], given back when it is dropped.
+#[derive(Debug)]
+struct Room {
+    _permit: OwnedSemaphorePermit,
+    of: Arc<Connections>,
+}
+
+impl Room {
+    fn new(permit: OwnedSemaphorePermit, of: Arc<Connections>) -> Room {
+        of.open.fetch_add(1, Ordering::Relaxed);
+        Room {
+            _permit: permit,
+            of,
+        }
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.of.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<S> Guarded<S> {
-    fn new(inner: S, idle: Duration, room: OwnedSemaphorePermit) -> Guarded<S> {
+    fn new(inner: S, idle: Duration, room: Room) -> Guarded<S> {
         let now = Instant::now();
         Guarded {
             inner,
@@ -233,11 +262,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_times_out_and_traffic_keeps_it_open() {
         let (client, server) = tokio::io::duplex(64);
-        let room = Connections::new(1)
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .unwrap();
+        let connections = Connections::new(1);
+        let permit = connections.permits.clone().try_acquire_owned().unwrap();
+        let room = Room::new(permit, connections);
         let mut conn = Guarded::new(server, IDLE, room);
         let mut client = client;
         let mut buf = [0u8; 8];
@@ -264,11 +291,15 @@ mod tests {
     #[tokio::test]
     async fn a_connection_holds_its_room_until_dropped() {
         let connections = Connections::new(2);
+        // As the listener does: a permit first, held while it waits for a connection.
         let permit = connections.permits.clone().acquire_owned().await.unwrap();
+        assert_eq!(connections.open(), 0, "waiting for a connection is not one");
         let (_client, server) = tokio::io::duplex(8);
-        let conn = Guarded::new(server, IDLE, permit);
+        let conn = Guarded::new(server, IDLE, Room::new(permit, connections.clone()));
         assert_eq!(connections.open(), 1);
+        assert_eq!(connections.permits.available_permits(), 1);
         drop(conn);
         assert_eq!(connections.open(), 0);
+        assert_eq!(connections.permits.available_permits(), 2);
     }
 }

@@ -72,7 +72,7 @@ pub enum Backend {
 }
 
 /// `[storage]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
     /// The backend (default `embedded`).
@@ -81,6 +81,11 @@ pub struct Storage {
     /// The sync policy of the embedded store (default `batch`). JetStream has its own.
     #[serde(default)]
     pub fsync: Fsync,
+    /// How long an ingest request waits for the store to confirm its write (default 10 s). Past
+    /// it the producer gets `503` saying the events may still be stored, and new requests get
+    /// `503` until the store has answered for it.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: Dur,
     /// The NATS settings, for `backend = "nats"`.
     #[serde(default)]
     pub nats: NatsConfig,
@@ -114,6 +119,20 @@ pub struct NatsConfig {
 
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
+}
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            backend: Backend::default(),
+            fsync: Fsync::default(),
+            write_timeout: default_write_timeout(),
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+fn default_write_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 fn default_nats_timeout() -> Dur {
     Dur(Duration::from_secs(5))
@@ -422,6 +441,10 @@ pub struct Config {
     /// A client connection with nothing read or written for this long is closed (default 60 s).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
+    /// A request body must have arrived whole this long after its handler started reading it
+    /// (default 30 s); a slower one gets `408` and stores nothing.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Dur,
     /// Storage settings.
     #[serde(default)]
     pub storage: Storage,
@@ -448,6 +471,9 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(60))
 }
+fn default_body_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -456,6 +482,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            body_timeout: default_body_timeout(),
             storage: Storage::default(),
             role: Role::default(),
             strategy: Strategy::default(),
@@ -511,8 +538,14 @@ impl Config {
         if self.max_connections == 0 {
             return Err("max_connections: must be at least 1".into());
         }
-        if self.idle_timeout.0.is_zero() {
-            return Err("idle_timeout: must be more than 0".into());
+        for (key, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("body_timeout", self.body_timeout),
+            ("storage.write_timeout", self.storage.write_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(format!("{key}: must be more than 0"));
+            }
         }
         if self.role != Role::Both && self.storage.backend != Backend::Nats {
             return Err(

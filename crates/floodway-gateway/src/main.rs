@@ -210,15 +210,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("floodway listening on http://{addr}");
     tracing::info!(%addr, "serving");
     let app = server::router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    use axum::serve::ListenerExt;
-    let listener = conn::Limited::new(listener, gw.connections(), gw.idle_timeout()).tap_io(
-        |io: &mut conn::Guarded<tokio::net::TcpStream>| {
-            // Responses go out whole (one write per response): no reason to hold back the last
-            // segment of one.
-            let _ = io.get_ref().set_nodelay(true);
-        },
-    );
-    axum::serve(listener, app)
+    axum::serve(server::listener(listener, &gw), app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("stopped accepting; finishing deliveries");

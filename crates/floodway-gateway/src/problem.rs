@@ -60,6 +60,16 @@ impl Problem {
         )
     }
 
+    /// `408`.
+    pub fn timeout(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "https://floodway.dev/problems/timeout",
+            "Request timeout",
+            detail,
+        )
+    }
+
     /// `413`.
     pub fn too_large(detail: impl Into<String>) -> Self {
         Self::new(

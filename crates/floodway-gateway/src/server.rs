@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,10 +19,10 @@ use tokio::sync::Mutex;
 
 use crate::RwLocked;
 use crate::config::{Backend, Config, Role, SinkConfig, Strategy, TopicConfig, valid_topic_name};
-use crate::conn::Connections;
+use crate::conn::{Connections, Guarded, Limited};
 use crate::problem::Problem;
 use crate::sink::Sink;
-use crate::store::{Appended, NewEvent, Store, StoreError, now_ms};
+use crate::store::{Appended, BoxFuture, NewEvent, Store, StoreError, now_ms};
 use crate::topic::{Refusal, Reservation, Topic};
 
 /// At most this many topics are created on first use; beyond it, new names are refused.
@@ -30,6 +31,8 @@ const MAX_AUTO_TOPICS: usize = 1024;
 const MAX_BATCH_BYTES: u64 = 64 << 20;
 /// The longest idempotency key.
 const MAX_KEY_LEN: usize = 256;
+/// The `Retry-After` of a refusal for want of the store.
+const STORE_RETRY: Duration = Duration::from_secs(5);
 
 /// The gateway's shared state.
 pub struct Gateway {
@@ -38,6 +41,9 @@ pub struct Gateway {
     topics: std::sync::RwLock<HashMap<String, Arc<Topic>>>,
     creating: Mutex<()>,
     connections: Arc<Connections>,
+    /// Ingest writes that timed out and that the store has not answered yet: while there are any,
+    /// the store is taken to be stalled and new events are refused.
+    stalled: Arc<AtomicUsize>,
 }
 
 impl Gateway {
@@ -50,6 +56,7 @@ impl Gateway {
             store,
             topics: std::sync::RwLock::default(),
             creating: Mutex::new(()),
+            stalled: Arc::default(),
         });
         let mut names: Vec<String> = gw.config.topics.keys().cloned().collect();
         if gw.config.topics.is_empty() {
@@ -197,6 +204,20 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// The listener the gateway serves on: bounded connections ([`crate::conn`]), each with
+/// `TCP_NODELAY` (responses go out whole, one write each: no reason to hold back the last segment
+/// of one).
+pub fn listener(
+    listener: tokio::net::TcpListener,
+    gw: &Gateway,
+) -> axum::serve::TapIo<Limited, fn(&mut Guarded<tokio::net::TcpStream>)> {
+    use axum::serve::ListenerExt;
+    fn nodelay(io: &mut Guarded<tokio::net::TcpStream>) {
+        let _ = io.get_ref().set_nodelay(true);
+    }
+    Limited::new(listener, gw.connections(), gw.idle_timeout()).tap_io(nodelay as fn(&mut _))
+}
+
 enum Kind {
     Json,
     Ndjson,
@@ -253,6 +274,18 @@ fn producer_key(headers: &HeaderMap, addr: SocketAddr) -> String {
         .unwrap_or_else(|| format!("addr:{}", addr.ip()))
 }
 
+/// True if reading a body failed because it was longer than the limit.
+fn over_limit(e: &axum::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn json_error_detail(e: &serde_json::Error) -> String {
     format!("{e} (line {}, column {})", e.line(), e.column())
         .replace(&format!(" at line {} column {}", e.line(), e.column()), "")
@@ -289,7 +322,7 @@ async fn ingest(
 
 async fn accept(
     gw: &Gateway,
-    topic: &Topic,
+    topic: &Arc<Topic>,
     addr: SocketAddr,
     headers: &HeaderMap,
     body: Body,
@@ -321,15 +354,30 @@ async fn accept(
         Kind::Ndjson => MAX_BATCH_BYTES.min(topic.config.max_backlog_bytes.0),
         _ => max_event,
     };
-    let bytes = to_bytes(body, limit as usize).await.map_err(|_| {
-        Problem::too_large(match kind {
-            Kind::Ndjson => format!("the batch body is larger than {limit} bytes"),
-            _ => format!(
-                "the event is larger than max_event_bytes ({max_event} bytes) for topic {:?}",
-                topic.name
-            ),
-        })
-    })?;
+    let wait = gw.config.body_timeout.0;
+    let bytes = match tokio::time::timeout(wait, to_bytes(body, limit as usize)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if over_limit(&e) => {
+            return Err(Problem::too_large(match kind {
+                Kind::Ndjson => format!("the batch body is larger than {limit} bytes"),
+                _ => format!(
+                    "the event is larger than max_event_bytes ({max_event} bytes) for topic {:?}",
+                    topic.name
+                ),
+            }));
+        }
+        Ok(Err(e)) => {
+            return Err(Problem::bad_request(format!(
+                "the body could not be read: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(Problem::timeout(format!(
+                "the body did not arrive whole within {} (body_timeout); nothing was stored",
+                humantime::format_duration(wait)
+            )));
+        }
+    };
     let priority = match headers.get("floodway-priority").map(|v| v.to_str()) {
         None => Priority::Normal,
         Some(Ok(v)) => v.parse().map_err(|e: floodway::ParsePriorityError| {
@@ -439,33 +487,51 @@ async fn accept(
         }
         Err(r) => return Err(refused(r)),
     };
+    if gw.stalled.load(Ordering::Acquire) > 0 {
+        topic.count_refusal("store");
+        return Err(Problem::unavailable(
+            format!(
+                "the store has not confirmed an earlier write within {}; nothing was stored",
+                humantime::format_duration(gw.config.storage.write_timeout.0)
+            ),
+            STORE_RETRY,
+        ));
+    }
     if !gw.store.healthy() {
         topic.count_refusal("store");
         return Err(Problem::unavailable(
             "the store is unavailable",
-            Duration::from_secs(5),
+            STORE_RETRY,
         ));
     }
     let sizes: Vec<u64> = events.iter().map(|e| e.body.len() as u64).collect();
-    let commit = |appended: &[Appended], reservation: Reservation<'_>| {
-        let (mut kept, mut kept_bytes) = (0u64, 0u64);
-        for (a, size) in appended.iter().zip(&sizes) {
-            if !a.duplicate {
-                kept += 1;
-                kept_bytes += size;
-            }
-        }
-        reservation.commit(kept, kept_bytes);
-        topic.record_accepted(kept);
-        kept
+    let (store, name) = (gw.store.clone(), topic.name.clone());
+    let mut pending = Pending {
+        write: Some(Box::pin(async move { store.append(&name, events).await })),
+        room: Some((reservation, sizes)),
+        stalled: None,
     };
-    let appended = match gw.store.append(&topic.name, events).await {
+    let limit = gw.config.storage.write_timeout.0;
+    let Some((result, kept)) = pending.wait(limit).await else {
+        // `pending` finishes on its own task (see its Drop), and counts its events there.
+        topic.count_unconfirmed();
+        pending.count_in(gw.stalled.clone());
+        return Err(Problem::unavailable(
+            format!(
+                "the store did not confirm the write within {}; the events may still be stored \
+                 and delivered: send them again with the same Idempotency-Key to make the resend \
+                 safe",
+                humantime::format_duration(limit)
+            ),
+            STORE_RETRY,
+        ));
+    };
+    let appended = match result {
         Ok(a) => a,
         Err(StoreError::Full(e)) => {
             // The shared store is at its limits (other gateways filled it since this one last
             // looked): the same answers as this gateway's own bound, `503` for critical events,
             // which may fill it all, and `429` for the rest, which are past their watermark.
-            topic.count_refusal("full");
             let detail = format!(
                 "topic {:?} backlog is full ({e}); nothing was stored",
                 topic.name
@@ -478,8 +544,6 @@ async fn accept(
             });
         }
         Err(StoreError::Partial { stored, error }) => {
-            commit(&stored, reservation);
-            topic.count_refusal("store");
             let ids: Vec<String> = stored.iter().map(|a| a.seq.to_string()).collect();
             return Err(Problem::unavailable(
                 format!(
@@ -487,19 +551,17 @@ async fn accept(
                      the same Idempotency-Key to make a full resend safe",
                     stored.len()
                 ),
-                Duration::from_secs(5),
+                STORE_RETRY,
             )
             .stored_ids(ids));
         }
         Err(e) => {
-            topic.count_refusal("store");
             return Err(Problem::unavailable(
                 format!("{e}; nothing was stored"),
-                Duration::from_secs(5),
+                STORE_RETRY,
             ));
         }
     };
-    let kept = commit(&appended, reservation);
     let body = AcceptedBody {
         accepted: n,
         ids: appended.iter().map(|a| a.seq.to_string()).collect(),
@@ -509,6 +571,92 @@ async fn accept(
     let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     add_signal_headers(resp.headers_mut(), topic, remaining);
     Ok(resp)
+}
+
+type Write = BoxFuture<'static, Result<Vec<Appended>, StoreError>>;
+
+/// An append on its way to the store, with the backlog room it holds. Its outcome is accounted
+/// for exactly once, also when the request stops waiting for it (the client hung up, or the write
+/// timed out): dropped unfinished, it finishes on a task of its own. So events the store does
+/// take stay counted as accepted and in the backlog, which their delivery later takes them out
+/// of. (Without this, a hang-up while the store worked gave the room back for events that were
+/// stored, and their delivery then took the backlog count below zero.)
+struct Pending {
+    write: Option<Write>,
+    room: Option<(Reservation, Vec<u64>)>,
+    /// The gateway's count of writes that timed out and are not finished, once this one is.
+    stalled: Option<Arc<AtomicUsize>>,
+}
+
+impl Pending {
+    /// The store's answer and the events it kept (not duplicates), or `None` if it took longer
+    /// than `limit`.
+    async fn wait(&mut self, limit: Duration) -> Option<(Result<Vec<Appended>, StoreError>, u64)> {
+        let write = self.write.as_mut()?;
+        let result = tokio::time::timeout(limit, write).await.ok()?;
+        self.write = None;
+        let (reservation, sizes) = self.room.take()?;
+        let kept = settle(reservation, &sizes, &result);
+        Some((result, kept))
+    }
+
+    /// Counts this write in `stalled` until it finishes.
+    fn count_in(&mut self, stalled: Arc<AtomicUsize>) {
+        stalled.fetch_add(1, Ordering::AcqRel);
+        self.stalled = Some(stalled);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let (Some(write), Some((reservation, sizes))) = (self.write.take(), self.room.take())
+        else {
+            return;
+        };
+        let stalled = self.stalled.take();
+        let finish = async move {
+            let result = write.await;
+            settle(reservation, &sizes, &result);
+            if let Some(s) = stalled {
+                s.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
+        // Without a runtime the process is ending, and nothing is left to count for.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(finish);
+        }
+    }
+}
+
+/// Accounts for a finished append: the room of the events stored (duplicates aside) is kept and
+/// they are counted as accepted, the rest of the room is given back, and a failed write is
+/// counted as a refusal. Returns the events kept.
+fn settle(
+    reservation: Reservation,
+    sizes: &[u64],
+    result: &Result<Vec<Appended>, StoreError>,
+) -> u64 {
+    let stored: &[Appended] = match result {
+        Ok(a) => a,
+        Err(StoreError::Partial { stored, .. }) => stored,
+        Err(_) => &[],
+    };
+    let (mut kept, mut kept_bytes) = (0u64, 0u64);
+    for (a, size) in stored.iter().zip(sizes) {
+        if !a.duplicate {
+            kept += 1;
+            kept_bytes += size;
+        }
+    }
+    let topic = reservation.topic().clone();
+    reservation.commit(kept, kept_bytes);
+    topic.record_accepted(kept);
+    match result {
+        Ok(_) => {}
+        Err(StoreError::Full(_)) => topic.count_refusal("full"),
+        Err(_) => topic.count_refusal("store"),
+    }
+    kept
 }
 
 /// The body of a `202`: serialised straight from this struct (no intermediate JSON value).
@@ -567,7 +715,7 @@ async fn dead_letters(
                 .collect();
             axum::Json(json!({ "topic": name, "dead_letters": items })).into_response()
         }
-        Err(e) => Problem::unavailable(e.to_string(), Duration::from_secs(5)).into_response(),
+        Err(e) => Problem::unavailable(e.to_string(), STORE_RETRY).into_response(),
     }
 }
 
@@ -581,7 +729,7 @@ async fn replay(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Res
             let ids: Vec<String> = events.iter().map(|e| e.seq.to_string()).collect();
             axum::Json(json!({ "replayed": events.len(), "ids": ids })).into_response()
         }
-        Err(e) => Problem::unavailable(e.to_string(), Duration::from_secs(5)).into_response(),
+        Err(e) => Problem::unavailable(e.to_string(), STORE_RETRY).into_response(),
     }
 }
 
@@ -589,7 +737,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.store.healthy() {
         "ready\n".into_response()
     } else {
-        Problem::unavailable("the store is unavailable", Duration::from_secs(5)).into_response()
+        Problem::unavailable("the store is unavailable", STORE_RETRY).into_response()
     }
 }
 
@@ -615,6 +763,11 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             "Delivered or dead-lettered events per second (moving average).",
         ),
         ("accepted", "Events accepted (counter)."),
+        (
+            "unconfirmed",
+            "Ingest requests answered 503 before the store confirmed their write (counter); \
+             their events are counted as accepted or refused once it does.",
+        ),
         ("delivered", "Events delivered (counter)."),
         ("dead_letters", "Dead letters kept."),
         ("concurrency_limit", "Delivery concurrency limit."),
@@ -680,4 +833,205 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
         out,
         "# HELP floodway_{name} {help}\n# TYPE floodway_{name} {kind}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::store::testing::Hooked;
+
+    /// A gateway on `store`, served on a loopback port as `floodway serve` serves it.
+    pub(super) async fn serve(store: Arc<Hooked>, config: Config) -> (Arc<Gateway>, SocketAddr) {
+        let gw = Gateway::start(config, store).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = super::listener(listener, &gw);
+        let app = router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (gw, addr)
+    }
+
+    /// A gateway whose store takes an append only when given a permit.
+    pub(super) async fn gated(dir: &std::path::Path) -> (Arc<Gateway>, SocketAddr, Arc<Hooked>) {
+        let store = Arc::new(Hooked {
+            gate: Some(Arc::new(tokio::sync::Semaphore::new(0))),
+            ..Hooked::default()
+        });
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        let (gw, addr) = serve(store.clone(), config).await;
+        (gw, addr, store)
+    }
+
+    /// Sends one event on a new connection and returns the connection, response unread.
+    pub(super) async fn post(addr: SocketAddr) -> TcpStream {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let body = r#"{"n":1}"#;
+        let req = format!(
+            "POST /v1/topics/t/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        c
+    }
+
+    /// The response on `c`, head and body (failing after 120 s of paused time without one).
+    pub(super) async fn response(c: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.trim().parse().unwrap());
+                if body.len() >= len {
+                    return text;
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(120), c.read(&mut buf))
+                .await
+                .expect("a response within 120 s")
+                .unwrap();
+            assert!(
+                n > 0,
+                "the connection closed before the response was whole: {text}"
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Waits (on paused time, so at no cost) until `f` holds, for at most a minute of it.
+    pub(super) async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..60_000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    pub(super) fn stat(gw: &Gateway, key: &str) -> serde_json::Value {
+        gw.existing("t").expect("topic t exists").stats()[key].clone()
+    }
+
+    /// A producer that hangs up while its event is being stored: the event is stored all the
+    /// same, so it stays counted as accepted and in the backlog until delivered, and the counts
+    /// still add up afterwards.
+    #[tokio::test(start_paused = true)]
+    async fn an_event_whose_producer_hangs_up_while_it_is_stored_is_still_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, addr, store) = gated(dir.path()).await;
+        let c = post(addr).await;
+        until("the append reached the store", || {
+            store.appends.load(Ordering::Acquire) == 1
+        })
+        .await;
+        drop(c);
+        until("the gateway closed the connection", || {
+            gw.connections.open() == 0
+        })
+        .await;
+        store.gate.as_ref().unwrap().add_permits(1);
+        until("the event was delivered", || stat(&gw, "delivered") == 1).await;
+        let counts = ["accepted", "backlog_events", "backlog_bytes"].map(|k| stat(&gw, k));
+        assert_eq!(counts, [1, 0, 0].map(serde_json::Value::from));
+        let out = std::fs::read_to_string(dir.path().join("out/t.jsonl")).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+    }
+}
+
+#[cfg(test)]
+mod timeouts {
+    use std::sync::atomic::Ordering;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::time::Instant;
+
+    use super::tests::{gated, post, response, stat, until};
+
+    /// A write the store does not confirm within `write_timeout` gets `503` saying the events may
+    /// yet be stored; while it is unanswered new events are refused without going to the store;
+    /// once the store answers, the event is counted as accepted and delivered, and the counts add
+    /// up: 3 offered = 2 accepted + 1 refused, and 1 answered unconfirmed.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_store_does_not_confirm_in_time_is_answered_and_counted_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, addr, store) = gated(dir.path()).await;
+        let start = Instant::now();
+        let r = response(&mut post(addr).await).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.contains("retry-after: 5\r\n"), "{r}");
+        assert!(
+            r.contains("did not confirm the write within 10s; the events may still be stored"),
+            "{r}"
+        );
+        assert_eq!(start.elapsed().as_secs(), 10);
+        assert_eq!(stat(&gw, "unconfirmed"), 1);
+        assert_eq!(stat(&gw, "accepted"), 0);
+
+        let r = response(&mut post(addr).await).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(
+            r.contains("has not confirmed an earlier write within 10s; nothing was stored"),
+            "{r}"
+        );
+        assert_eq!(
+            store.appends.load(Ordering::Acquire),
+            1,
+            "not sent to the store"
+        );
+
+        store.gate.as_ref().unwrap().add_permits(2);
+        until("the late write was counted", || stat(&gw, "accepted") == 1).await;
+        until("the store counts as answering", || {
+            gw.stalled.load(Ordering::Acquire) == 0
+        })
+        .await;
+        let r = response(&mut post(addr).await).await;
+        assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+        until("both were delivered", || stat(&gw, "delivered") == 2).await;
+        let counts = ["accepted", "unconfirmed", "backlog_events"].map(|k| stat(&gw, k));
+        assert_eq!(counts, [2, 1, 0].map(serde_json::Value::from));
+        assert_eq!(stat(&gw, "refused"), serde_json::json!({ "store": 1 }));
+        let out = std::fs::read_to_string(dir.path().join("out/t.jsonl")).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+    }
+
+    /// A body that does not arrive whole within `body_timeout` gets `408` and stores nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_slower_than_body_timeout_gets_408() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, addr, store) = gated(dir.path()).await;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            b"POST /v1/topics/t/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 10\r\n\r\n{\"n\"",
+        )
+        .await
+        .unwrap();
+        let start = Instant::now();
+        let r = response(&mut c).await;
+        assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+        assert!(r.contains("application/problem+json"), "{r}");
+        assert!(
+            r.contains(
+                "the body did not arrive whole within 30s (body_timeout); nothing was stored"
+            ),
+            "{r}"
+        );
+        assert_eq!(start.elapsed().as_secs(), 30);
+        assert_eq!(store.appends.load(Ordering::Acquire), 0);
+        assert_eq!(stat(&gw, "backlog_events"), 0);
+    }
 }

@@ -1960,3 +1960,88 @@ impl Store for MemoryStore {
         true
     }
 }
+
+/// Stores for tests of the layers above the store: the memory store, with hooks.
+#[cfg(test)]
+pub mod testing {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// The memory store, counting reads; its events become readable only when `readable` says so
+    /// (as the embedded store's do, with each commit) if it is set, and its appends wait for a
+    /// permit of `gate` if that is set.
+    #[derive(Default)]
+    pub struct Hooked {
+        /// Where the events are.
+        pub inner: Arc<MemoryStore>,
+        /// Reads made.
+        pub reads: AtomicUsize,
+        /// The signal of newly readable events, if the store has one.
+        pub readable: Option<tokio::sync::watch::Sender<u64>>,
+        /// Appends take one permit each before storing, if set.
+        pub gate: Option<Arc<tokio::sync::Semaphore>>,
+        /// Appends begun (waiting at the gate or done).
+        pub appends: AtomicUsize,
+    }
+
+    impl Store for Hooked {
+        fn append(
+            &self,
+            topic: &str,
+            events: Vec<NewEvent>,
+        ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
+            self.appends.fetch_add(1, Ordering::AcqRel);
+            let Some(gate) = self.gate.clone() else {
+                return self.inner.append(topic, events);
+            };
+            // Like the embedded store's writer, the append goes ahead once asked for, whether or
+            // not its caller still waits for the answer.
+            let (tx, rx) = oneshot::channel();
+            let (inner, topic) = (self.inner.clone(), topic.to_owned());
+            tokio::spawn(async move {
+                gate.acquire().await.expect("the gate stays open").forget();
+                let _ = tx.send(inner.append(&topic, events).await);
+            });
+            Box::pin(async move { rx.await.map_err(err)? })
+        }
+        fn read_from(
+            &self,
+            topic: &str,
+            from: u64,
+            max: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.read_from(topic, from, max)
+        }
+        fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.ack(topic, seqs)
+        }
+        fn dead_letter(
+            &self,
+            topic: &str,
+            dead: DeadEvent,
+        ) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.dead_letter(topic, dead)
+        }
+        fn dead_letters(
+            &self,
+            topic: &str,
+            max: usize,
+        ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
+            self.inner.dead_letters(topic, max)
+        }
+        fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+            self.inner.replay(topic)
+        }
+        fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
+            self.inner.recover()
+        }
+        fn healthy(&self) -> bool {
+            true
+        }
+        fn readable(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+            self.readable.as_ref().map(|r| r.subscribe())
+        }
+    }
+}

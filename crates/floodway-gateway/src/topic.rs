@@ -92,13 +92,18 @@ pub enum Refusal {
 
 /// Backlog capacity taken for a request, returned if the request does not store everything.
 #[derive(Debug)]
-pub struct Reservation<'a> {
-    topic: &'a Topic,
+pub struct Reservation {
+    topic: Arc<Topic>,
     events: u64,
     bytes: u64,
 }
 
-impl Reservation<'_> {
+impl Reservation {
+    /// The topic the room is in.
+    pub fn topic(&self) -> &Arc<Topic> {
+        &self.topic
+    }
+
     /// Keeps `events`/`bytes` of the reservation (they were stored) and returns the rest.
     pub fn commit(mut self, events: u64, bytes: u64) {
         if self.topic.shared {
@@ -121,7 +126,7 @@ impl Reservation<'_> {
     }
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         self.topic
             .backlog_events
@@ -143,6 +148,7 @@ pub struct Topic {
     backlog_bytes: AtomicU64,
     dead_letters: AtomicU64,
     accepted: AtomicU64,
+    unconfirmed: AtomicU64,
     delivered: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     dead_by_reason: Mutex<BTreeMap<String, u64>>,
@@ -245,6 +251,7 @@ impl Topic {
             backlog_bytes: AtomicU64::new(backlog_bytes),
             dead_letters: AtomicU64::new(dead),
             accepted: AtomicU64::new(0),
+            unconfirmed: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             refused: Mutex::default(),
             dead_by_reason: Mutex::default(),
@@ -312,6 +319,12 @@ impl Topic {
             .time_to_drain(events.max(1), Instant::now(), bounds)
     }
 
+    /// Counts an ingest request answered before the store confirmed its write (its events are
+    /// counted as accepted or refused once the store answers).
+    pub fn count_unconfirmed(&self) {
+        self.unconfirmed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a refusal by reason.
     pub fn count_refusal(&self, reason: &'static str) {
         *self.refused.locked().entry(reason).or_default() += 1;
@@ -353,11 +366,11 @@ impl Topic {
 
     /// Takes backlog room for `events`/`bytes` of class `priority`, or says why not.
     pub fn reserve(
-        &self,
+        self: &Arc<Self>,
         events: u64,
         bytes: u64,
         priority: Priority,
-    ) -> Result<Reservation<'_>, Refusal> {
+    ) -> Result<Reservation, Refusal> {
         let e_after = self.backlog_events.fetch_add(events, Ordering::AcqRel)
             + events
             + self.remote_events.load(Ordering::Acquire);
@@ -365,7 +378,7 @@ impl Topic {
             + bytes
             + self.remote_bytes.load(Ordering::Acquire);
         let reservation = Reservation {
-            topic: self,
+            topic: self.clone(),
             events,
             bytes,
         };
@@ -482,6 +495,7 @@ impl Topic {
             "rate_in_per_second": self.arrivals.locked().per_second(now),
             "rate_out_per_second": self.departures.locked().per_second(now),
             "accepted": self.accepted.load(Ordering::Relaxed),
+            "unconfirmed": self.unconfirmed.load(Ordering::Relaxed),
             "delivered": self.delivered.load(Ordering::Relaxed),
             "refused": *self.refused.locked(),
             "dead_letters": self.dead_letters.load(Ordering::Acquire),
@@ -943,68 +957,9 @@ impl Topic {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::atomic::AtomicUsize;
-
     use super::*;
     use crate::config::SinkConfig;
-    use crate::store::{Appended, BoxFuture, MemoryStore, NewEvent, StoreError, TopicState};
-
-    /// A store whose events become readable only when it says so (as the embedded one's do, with
-    /// each commit), counting reads.
-    struct Signalling {
-        inner: MemoryStore,
-        reads: AtomicUsize,
-        readable: tokio::sync::watch::Sender<u64>,
-    }
-
-    impl Store for Signalling {
-        fn append(
-            &self,
-            topic: &str,
-            events: Vec<NewEvent>,
-        ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
-            self.inner.append(topic, events)
-        }
-        fn read_from(
-            &self,
-            topic: &str,
-            from: u64,
-            max: usize,
-        ) -> Result<Vec<StoredEvent>, StoreError> {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            self.inner.read_from(topic, from, max)
-        }
-        fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
-            self.inner.ack(topic, seqs)
-        }
-        fn dead_letter(
-            &self,
-            topic: &str,
-            dead: DeadEvent,
-        ) -> BoxFuture<'_, Result<(), StoreError>> {
-            self.inner.dead_letter(topic, dead)
-        }
-        fn dead_letters(
-            &self,
-            topic: &str,
-            max: usize,
-        ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
-            self.inner.dead_letters(topic, max)
-        }
-        fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
-            self.inner.replay(topic)
-        }
-        fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
-            self.inner.recover()
-        }
-        fn healthy(&self) -> bool {
-            true
-        }
-        fn readable(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-            Some(self.readable.subscribe())
-        }
-    }
+    use crate::store::testing::Hooked;
 
     /// Lets every task that is ready run (the runtime has one thread and paused time, so nothing
     /// else moves meanwhile).
@@ -1019,10 +974,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_dispatcher_reads_when_the_store_says_more_is_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Signalling {
-            inner: MemoryStore::default(),
-            reads: AtomicUsize::new(0),
-            readable: tokio::sync::watch::channel(0).0,
+        let store = Arc::new(Hooked {
+            readable: Some(tokio::sync::watch::channel(0).0),
+            ..Hooked::default()
         });
         let sink = SinkConfig::File {
             path: dir.path().join("out.jsonl"),
@@ -1054,7 +1008,7 @@ mod tests {
             idle,
             "no read per append"
         );
-        store.readable.send_modify(|n| *n += 1);
+        store.readable.as_ref().unwrap().send_modify(|n| *n += 1);
         settle().await;
         assert_eq!(store.reads.load(Ordering::Relaxed), idle + 1);
         topic.stop(Duration::from_secs(1)).await;

@@ -723,13 +723,25 @@ async fn replay(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Res
     let Some(topic) = gw.existing(&name) else {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     };
-    match gw.store.replay(&name).await {
-        Ok(events) => {
-            topic.record_replayed(&events);
+    // The replay and its count run on a task of their own: should the client hang up (which
+    // drops this handler), the store replays all the same, and the topic must count it.
+    let store = gw.store.clone();
+    let replay = tokio::spawn(async move {
+        let replayed = store.replay(&topic.name).await;
+        if let Ok(events) = &replayed {
+            topic.record_replayed(events);
+        }
+        replayed
+    });
+    match replay.await {
+        Ok(Ok(events)) => {
             let ids: Vec<String> = events.iter().map(|e| e.seq.to_string()).collect();
             axum::Json(json!({ "replayed": events.len(), "ids": ids })).into_response()
         }
-        Err(e) => Problem::unavailable(e.to_string(), STORE_RETRY).into_response(),
+        Ok(Err(e)) => Problem::unavailable(e.to_string(), STORE_RETRY).into_response(),
+        Err(e) => {
+            Problem::unavailable(format!("the replay failed: {e}"), STORE_RETRY).into_response()
+        }
     }
 }
 
@@ -857,30 +869,40 @@ mod tests {
     }
 
     /// A gateway whose store takes an append only when given a permit.
-    pub(super) async fn gated(dir: &std::path::Path) -> (Arc<Gateway>, SocketAddr, Arc<Hooked>) {
+    /// A gateway whose store takes an append or a replay only when given a permit, configured
+    /// by `toml` (topics made on first use if it declares none).
+    pub(super) async fn gated_with(
+        dir: &std::path::Path,
+        toml: &str,
+    ) -> (Arc<Gateway>, SocketAddr, Arc<Hooked>) {
         let store = Arc::new(Hooked {
             gate: Some(Arc::new(tokio::sync::Semaphore::new(0))),
             ..Hooked::default()
         });
-        let config = Config {
-            data_dir: dir.to_path_buf(),
-            ..Config::default()
-        };
+        let mut config: Config = toml::from_str(toml).unwrap();
+        config.data_dir = dir.to_path_buf();
         let (gw, addr) = serve(store.clone(), config).await;
         (gw, addr, store)
     }
 
-    /// Sends one event on a new connection and returns the connection, response unread.
-    pub(super) async fn post(addr: SocketAddr) -> TcpStream {
+    /// [`gated_with`] on the defaults.
+    pub(super) async fn gated(dir: &std::path::Path) -> (Arc<Gateway>, SocketAddr, Arc<Hooked>) {
+        gated_with(dir, "").await
+    }
+
+    /// Sends `head` (a request line and headers, without the blank line ending them) and a
+    /// `body` on a new connection and returns the connection, response unread.
+    pub(super) async fn send(addr: SocketAddr, head: &str, body: &str) -> TcpStream {
         let mut c = TcpStream::connect(addr).await.unwrap();
-        let body = r#"{"n":1}"#;
-        let req = format!(
-            "POST /v1/topics/t/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let req = format!("{head}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
         c.write_all(req.as_bytes()).await.unwrap();
         c
+    }
+
+    /// Sends one event on a new connection and returns the connection, response unread.
+    pub(super) async fn post(addr: SocketAddr) -> TcpStream {
+        let head = "POST /v1/topics/t/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json";
+        send(addr, head, r#"{"n":1}"#).await
     }
 
     /// The response on `c`, head and body (failing after 120 s of paused time without one).
@@ -948,6 +970,48 @@ mod tests {
         assert_eq!(counts, [1, 0, 0].map(serde_json::Value::from));
         let out = std::fs::read_to_string(dir.path().join("out/t.jsonl")).unwrap();
         assert_eq!(out.lines().count(), 1, "{out}");
+    }
+
+    /// The same for a replay of dead letters: the store replays them all the same, so the topic
+    /// counts them back into its backlog.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_whose_caller_hangs_up_is_still_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens on port 1: each attempt fails at once, and one is all there is.
+        let (gw, addr, store) = gated_with(
+            dir.path(),
+            r#"[topics.t]
+sink = { type = "http", url = "http://127.0.0.1:1/", timeout = "1s" }
+retry = { max_attempts = 1 }
+"#,
+        )
+        .await;
+        store.gate.as_ref().unwrap().add_permits(1);
+        let r = response(&mut post(addr).await).await;
+        assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+        until("the event was dead-lettered", || {
+            stat(&gw, "dead_letters") == 1
+        })
+        .await;
+
+        let head = "POST /v1/topics/t/dead-letters/replay HTTP/1.1\r\nhost: x";
+        let c = send(addr, head, "").await;
+        until("the replay reached the store", || {
+            store.replays.load(Ordering::Acquire) == 1
+        })
+        .await;
+        drop(c);
+        until("the gateway closed the connection", || {
+            gw.connections.open() == 0
+        })
+        .await;
+        store.gate.as_ref().unwrap().add_permits(1);
+        until("the replayed event failed again", || {
+            stat(&gw, "dead_lettered")["exhausted"] == 2
+        })
+        .await;
+        let counts = ["backlog_events", "backlog_bytes", "dead_letters"].map(|k| stat(&gw, k));
+        assert_eq!(counts, [0, 0, 1].map(serde_json::Value::from));
     }
 }
 

@@ -1969,8 +1969,8 @@ pub mod testing {
     use super::*;
 
     /// The memory store, counting reads; its events become readable only when `readable` says so
-    /// (as the embedded store's do, with each commit) if it is set, and its appends wait for a
-    /// permit of `gate` if that is set.
+    /// (as the embedded store's do, with each commit) if it is set, and its appends and replays
+    /// wait for a permit of `gate` if that is set.
     #[derive(Default)]
     pub struct Hooked {
         /// Where the events are.
@@ -1979,10 +1979,32 @@ pub mod testing {
         pub reads: AtomicUsize,
         /// The signal of newly readable events, if the store has one.
         pub readable: Option<tokio::sync::watch::Sender<u64>>,
-        /// Appends take one permit each before storing, if set.
+        /// Appends and replays take one permit each before they happen, if set.
         pub gate: Option<Arc<tokio::sync::Semaphore>>,
-        /// Appends begun (waiting at the gate or done).
+        /// Appends asked for (waiting at the gate or done).
         pub appends: AtomicUsize,
+        /// Replays asked for.
+        pub replays: AtomicUsize,
+    }
+
+    impl Hooked {
+        /// `op` once a permit of the gate is had (at once without a gate). Like the embedded
+        /// store's writer, it goes ahead once asked for, whether or not its caller still waits
+        /// for the answer.
+        fn after_gate<T: Send + 'static>(
+            &self,
+            op: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+        ) -> BoxFuture<'static, Result<T, StoreError>> {
+            let Some(gate) = self.gate.clone() else {
+                return Box::pin(op);
+            };
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(async move {
+                gate.acquire().await.expect("the gate stays open").forget();
+                let _ = tx.send(op.await);
+            });
+            Box::pin(async move { rx.await.map_err(err)? })
+        }
     }
 
     impl Store for Hooked {
@@ -1992,18 +2014,8 @@ pub mod testing {
             events: Vec<NewEvent>,
         ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
             self.appends.fetch_add(1, Ordering::AcqRel);
-            let Some(gate) = self.gate.clone() else {
-                return self.inner.append(topic, events);
-            };
-            // Like the embedded store's writer, the append goes ahead once asked for, whether or
-            // not its caller still waits for the answer.
-            let (tx, rx) = oneshot::channel();
             let (inner, topic) = (self.inner.clone(), topic.to_owned());
-            tokio::spawn(async move {
-                gate.acquire().await.expect("the gate stays open").forget();
-                let _ = tx.send(inner.append(&topic, events).await);
-            });
-            Box::pin(async move { rx.await.map_err(err)? })
+            self.after_gate(async move { inner.append(&topic, events).await })
         }
         fn read_from(
             &self,
@@ -2032,7 +2044,9 @@ pub mod testing {
             self.inner.dead_letters(topic, max)
         }
         fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
-            self.inner.replay(topic)
+            self.replays.fetch_add(1, Ordering::AcqRel);
+            let (inner, topic) = (self.inner.clone(), topic.to_owned());
+            self.after_gate(async move { inner.replay(&topic).await })
         }
         fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
             self.inner.recover()

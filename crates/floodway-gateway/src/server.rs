@@ -849,7 +849,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -947,16 +947,12 @@ mod tests {
         gw.existing("t").expect("topic t exists").stats()[key].clone()
     }
 
-    /// A producer that hangs up while its event is being stored: the event is stored all the
-    /// same, so it stays counted as accepted and in the backlog until delivered, and the counts
-    /// still add up afterwards.
-    #[tokio::test(start_paused = true)]
-    async fn an_event_whose_producer_hangs_up_while_it_is_stored_is_still_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let (gw, addr, store) = gated(dir.path()).await;
-        let c = post(addr).await;
-        until("the append reached the store", || {
-            store.appends.load(Ordering::Acquire) == 1
+    /// Closes `c` once its request has reached the store (`calls` is 1), waits until the
+    /// gateway has let go of the connection (and so of the request's handler), then lets the
+    /// store go ahead.
+    async fn hang_up(gw: &Gateway, store: &Hooked, c: TcpStream, calls: &AtomicUsize) {
+        until("the request reached the store", || {
+            calls.load(Ordering::Acquire) == 1
         })
         .await;
         drop(c);
@@ -965,6 +961,16 @@ mod tests {
         })
         .await;
         store.gate.as_ref().unwrap().add_permits(1);
+    }
+
+    /// A producer that hangs up while its event is being stored: the event is stored all the
+    /// same, so it stays counted as accepted and in the backlog until delivered, and the counts
+    /// still add up afterwards.
+    #[tokio::test(start_paused = true)]
+    async fn an_event_whose_producer_hangs_up_while_it_is_stored_is_still_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, addr, store) = gated(dir.path()).await;
+        hang_up(&gw, &store, post(addr).await, &store.appends).await;
         until("the event was delivered", || stat(&gw, "delivered") == 1).await;
         let counts = ["accepted", "backlog_events", "backlog_bytes"].map(|k| stat(&gw, k));
         assert_eq!(counts, [1, 0, 0].map(serde_json::Value::from));
@@ -995,17 +1001,7 @@ retry = { max_attempts = 1 }
         .await;
 
         let head = "POST /v1/topics/t/dead-letters/replay HTTP/1.1\r\nhost: x";
-        let c = send(addr, head, "").await;
-        until("the replay reached the store", || {
-            store.replays.load(Ordering::Acquire) == 1
-        })
-        .await;
-        drop(c);
-        until("the gateway closed the connection", || {
-            gw.connections.open() == 0
-        })
-        .await;
-        store.gate.as_ref().unwrap().add_permits(1);
+        hang_up(&gw, &store, send(addr, head, "").await, &store.replays).await;
         until("the replayed event failed again", || {
             stat(&gw, "dead_lettered")["exhausted"] == 2
         })

@@ -356,6 +356,13 @@ pub struct TopicConfig {
     /// The largest event (default 1 MiB).
     #[serde(default = "default_event_bytes")]
     pub max_event_bytes: Size,
+    /// Dead letters kept, at most (default 100 000). When the dead-letter store is full, an event
+    /// due to be dead-lettered waits in the backlog until a replay or a purge makes room.
+    #[serde(default = "default_dead_letters")]
+    pub max_dead_letters: u64,
+    /// Bytes of dead letters kept, at most (default 1 GiB).
+    #[serde(default = "default_dead_letter_bytes")]
+    pub max_dead_letter_bytes: Size,
     /// Delivery retries.
     #[serde(default)]
     pub retry: Retry,
@@ -386,6 +393,12 @@ fn default_backlog_bytes() -> Size {
 fn default_event_bytes() -> Size {
     Size(1 << 20)
 }
+fn default_dead_letters() -> u64 {
+    100_000
+}
+fn default_dead_letter_bytes() -> Size {
+    Size(1 << 30)
+}
 
 impl Default for TopicConfig {
     fn default() -> Self {
@@ -394,6 +407,8 @@ impl Default for TopicConfig {
             max_backlog_events: default_backlog_events(),
             max_backlog_bytes: default_backlog_bytes(),
             max_event_bytes: default_event_bytes(),
+            max_dead_letters: default_dead_letters(),
+            max_dead_letter_bytes: default_dead_letter_bytes(),
             retry: Retry::default(),
             rate_limit: None,
             concurrency: Concurrency::default(),
@@ -595,13 +610,24 @@ impl Config {
                     at("max_backlog_bytes / max_event_bytes")
                 ));
             }
-            if t.max_event_bytes.0 > t.max_backlog_bytes.0 {
-                return Err(format!(
-                    "{}: {} is larger than max_backlog_bytes ({}): such an event could never be accepted",
-                    at("max_event_bytes"),
-                    t.max_event_bytes.0,
-                    t.max_backlog_bytes.0
-                ));
+            for (bound, max, what) in [
+                ("max_backlog_bytes", t.max_backlog_bytes.0, "accepted"),
+                (
+                    "max_dead_letter_bytes",
+                    t.max_dead_letter_bytes.0,
+                    "dead-lettered",
+                ),
+            ] {
+                if t.max_event_bytes.0 > max {
+                    return Err(format!(
+                        "{}: {} is larger than {bound} ({max}): such an event could never be {what}",
+                        at("max_event_bytes"),
+                        t.max_event_bytes.0,
+                    ));
+                }
+            }
+            if t.max_dead_letters == 0 {
+                return Err(format!("{}: must be at least 1", at("max_dead_letters")));
             }
             if t.concurrency.min == 0 || t.concurrency.min > t.concurrency.max {
                 return Err(format!("{}: need 1 <= min <= max", at("concurrency")));
@@ -700,5 +726,21 @@ mod tests {
         );
         let f: Config = toml::from_str("idle_timeout = \"0s\"\n").unwrap();
         assert_eq!(f.check().unwrap_err(), "idle_timeout: must be more than 0");
+        let g: Config = toml::from_str("[storage]\nwrite_timeout = \"0s\"\n").unwrap();
+        assert_eq!(
+            g.check().unwrap_err(),
+            "storage.write_timeout: must be more than 0"
+        );
+        let h: Config = toml::from_str("[topics.a]\nmax_dead_letters = 0\n").unwrap();
+        assert_eq!(
+            h.check().unwrap_err(),
+            "topics.a.max_dead_letters: must be at least 1"
+        );
+        let i: Config = toml::from_str("[topics.a]\nmax_dead_letter_bytes = \"1KiB\"\n").unwrap();
+        assert!(
+            i.check()
+                .unwrap_err()
+                .contains("is larger than max_dead_letter_bytes (1024)")
+        );
     }
 }

@@ -24,8 +24,8 @@ use futures_util::StreamExt;
 
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
-    Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, Feed, Lease, Leased, NewEvent, Settle,
-    Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode, encode_dead,
+    Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, Feed, Lease, Leased, NewEvent, Purged,
+    Settle, Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode, encode_dead,
 };
 use crate::{Locked, RwLocked};
 
@@ -56,7 +56,7 @@ struct Handles {
     consumer: consumer::PullConsumer,
     consumer_config: consumer::pull::Config,
     /// The dead stream's message count, and when it was read.
-    dead_seen: std::sync::Mutex<Option<(tokio::time::Instant, u64)>>,
+    dead_seen: std::sync::Mutex<Option<(tokio::time::Instant, (u64, u64))>>,
 }
 
 /// The NATS JetStream backend.
@@ -208,14 +208,15 @@ impl NatsStore {
             .map_err(publish_error)
     }
 
-    /// The topic's dead letters, as read at most [`DEAD_COUNT_EVERY`] ago.
-    async fn dead_count(&self, h: &Handles) -> Result<u64, StoreError> {
+    /// The topic's dead letters and their bytes, as read at most [`DEAD_COUNT_EVERY`] ago.
+    async fn dead_count(&self, h: &Handles) -> Result<(u64, u64), StoreError> {
         if let Some((at, n)) = *h.dead_seen.locked() {
             if at.elapsed() < DEAD_COUNT_EVERY {
                 return Ok(n);
             }
         }
-        let n = h.dead.get_info().await.map_err(unavailable)?.state.messages;
+        let state = h.dead.get_info().await.map_err(unavailable)?.state;
+        let n = (state.messages, state.bytes);
         *h.dead_seen.locked() = Some((tokio::time::Instant::now(), n));
         Ok(n)
     }
@@ -420,6 +421,25 @@ impl Store for NatsStore {
         })
     }
 
+    fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>> {
+        let handles = self.handles(topic);
+        Box::pin(async move {
+            let h = handles?;
+            let r = h
+                .dead
+                .purge()
+                .filter(h.dead_subject.clone())
+                .await
+                .map_err(unavailable)?;
+            // The next backlog read asks the stream again rather than report the old count.
+            *h.dead_seen.locked() = None;
+            Ok(Purged {
+                events: r.purged,
+                bytes: 0,
+            })
+        })
+    }
+
     fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
         Box::pin(patiently(|| async {
             let mut names = self.js.stream_names();
@@ -494,6 +514,7 @@ impl Store for NatsStore {
         Box::pin(async move {
             let h = handles?;
             let info = h.events.get_info().await.map_err(unavailable)?;
+            let (dead, dead_bytes) = self.dead_count(&h).await?;
             let s = info.state;
             let oldest_ms = (s.messages > 0)
                 .then(|| (s.first_timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
@@ -504,7 +525,8 @@ impl Store for NatsStore {
                 // Work-queue retention: every sequence ever used and no longer stored was acked
                 // or terminated, that is delivered or dead-lettered.
                 removed: s.last_sequence.saturating_sub(s.messages),
-                dead: self.dead_count(&h).await?,
+                dead,
+                dead_bytes,
             }))
         })
     }

@@ -1,6 +1,7 @@
 //! The HTTP API: ingest, topic and dead-letter operations, metrics and health.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +23,7 @@ use crate::config::{Backend, Config, Role, SinkConfig, Strategy, TopicConfig, va
 use crate::conn::{Connections, Guarded, Limited};
 use crate::problem::Problem;
 use crate::sink::Sink;
-use crate::store::{Appended, BoxFuture, NewEvent, Store, StoreError, now_ms};
+use crate::store::{Appended, BoxFuture, NewEvent, Store, StoreError, TopicState, now_ms};
 use crate::topic::{Refusal, Reservation, Topic};
 
 /// At most this many topics are created on first use; beyond it, new names are refused.
@@ -64,13 +65,7 @@ impl Gateway {
         }
         for name in names {
             let state = recovered.get(&name).cloned().unwrap_or_default();
-            gw.open_topic(
-                &name,
-                state.backlog_events,
-                state.backlog_bytes,
-                state.dead_letters,
-            )
-            .await?;
+            gw.open_topic(&name, state).await?;
         }
         Ok(gw)
     }
@@ -99,13 +94,7 @@ impl Gateway {
         c
     }
 
-    async fn open_topic(
-        &self,
-        name: &str,
-        events: u64,
-        bytes: u64,
-        dead: u64,
-    ) -> anyhow::Result<Arc<Topic>> {
+    async fn open_topic(&self, name: &str, state: TopicState) -> anyhow::Result<Arc<Topic>> {
         let config = self.topic_config(name);
         let sink = Arc::new(Sink::open(config.sink.as_ref().expect("set above")).await?);
         self.store.open_topic(name, &config).await?;
@@ -113,9 +102,7 @@ impl Gateway {
             name.to_owned(),
             config,
             self.config.strategy,
-            events,
-            bytes,
-            dead,
+            state,
             self.config.storage.backend == Backend::Nats,
         ));
         topic
@@ -156,12 +143,14 @@ impl Gateway {
                 Duration::from_secs(60),
             ));
         }
-        self.open_topic(name, 0, 0, 0).await.map_err(|e| {
-            Problem::unavailable(
-                format!("cannot open topic {name:?}: {e}"),
-                Duration::from_secs(5),
-            )
-        })
+        self.open_topic(name, TopicState::default())
+            .await
+            .map_err(|e| {
+                Problem::unavailable(
+                    format!("cannot open topic {name:?}: {e}"),
+                    Duration::from_secs(5),
+                )
+            })
     }
 
     /// Stops every topic's delivery within `grace`.
@@ -196,7 +185,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/topics", get(list_topics))
         .route("/v1/topics/{topic}", get(show_topic))
         .route("/v1/topics/{topic}/events", post(ingest))
-        .route("/v1/topics/{topic}/dead-letters", get(dead_letters))
+        .route(
+            "/v1/topics/{topic}/dead-letters",
+            get(dead_letters).delete(purge),
+        )
         .route("/v1/topics/{topic}/dead-letters/replay", post(replay))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -723,25 +715,49 @@ async fn replay(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Res
     let Some(topic) = gw.existing(&name) else {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     };
-    // The replay and its count run on a task of their own: should the client hang up (which
-    // drops this handler), the store replays all the same, and the topic must count it.
     let store = gw.store.clone();
-    let replay = tokio::spawn(async move {
-        let replayed = store.replay(&topic.name).await;
-        if let Ok(events) = &replayed {
-            topic.record_replayed(events);
-        }
-        replayed
-    });
-    match replay.await {
-        Ok(Ok(events)) => {
+    let replay = async move {
+        let events = store.replay(&topic.name).await?;
+        topic.record_replayed(&events);
+        Ok(events)
+    };
+    match to_the_end(replay).await {
+        Ok(events) => {
             let ids: Vec<String> = events.iter().map(|e| e.seq.to_string()).collect();
             axum::Json(json!({ "replayed": events.len(), "ids": ids })).into_response()
         }
-        Ok(Err(e)) => Problem::unavailable(e.to_string(), STORE_RETRY).into_response(),
-        Err(e) => {
-            Problem::unavailable(format!("the replay failed: {e}"), STORE_RETRY).into_response()
-        }
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn purge(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    let Some(topic) = gw.existing(&name) else {
+        return Problem::not_found(format!("unknown topic {name:?}")).into_response();
+    };
+    let store = gw.store.clone();
+    let purge = async move {
+        let purged = store.purge_dead(&topic.name).await?;
+        topic.record_purged(purged);
+        Ok(purged)
+    };
+    match to_the_end(purge).await {
+        Ok(p) => axum::Json(json!({ "purged": p.events })).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// Runs `work` (a store operation and the topic's count of it) on a task of its own: should the
+/// client hang up, which drops the handler, the store still does it, and so the count must
+/// happen too.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, Problem> {
+    match tokio::spawn(work).await {
+        Ok(done) => done.map_err(|e| Problem::unavailable(e.to_string(), STORE_RETRY)),
+        Err(e) => Err(Problem::unavailable(
+            format!("the store operation failed: {e}"),
+            STORE_RETRY,
+        )),
     }
 }
 
@@ -782,6 +798,12 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         ),
         ("delivered", "Events delivered (counter)."),
         ("dead_letters", "Dead letters kept."),
+        ("dead_letter_bytes", "Bytes of the dead letters kept."),
+        (
+            "waiting_for_dead_letter_room",
+            "Events due to be dead-lettered, waiting for room in the full dead-letter store.",
+        ),
+        ("purged", "Dead letters purged (counter)."),
         ("concurrency_limit", "Delivery concurrency limit."),
         ("in_flight", "Deliveries in progress."),
         ("workers", "Delivery workers."),
@@ -978,20 +1000,19 @@ mod tests {
         assert_eq!(out.lines().count(), 1, "{out}");
     }
 
+    /// Topic `t`, delivered to a sink that fails every event: nothing listens on port 1, so each
+    /// attempt fails at once, and one is all there is.
+    const FAILING: &str = r#"[topics.t]
+sink = { type = "http", url = "http://127.0.0.1:1/", timeout = "1s" }
+retry = { max_attempts = 1 }
+"#;
+
     /// The same for a replay of dead letters: the store replays them all the same, so the topic
     /// counts them back into its backlog.
     #[tokio::test(start_paused = true)]
     async fn a_replay_whose_caller_hangs_up_is_still_counted() {
         let dir = tempfile::tempdir().unwrap();
-        // Nothing listens on port 1: each attempt fails at once, and one is all there is.
-        let (gw, addr, store) = gated_with(
-            dir.path(),
-            r#"[topics.t]
-sink = { type = "http", url = "http://127.0.0.1:1/", timeout = "1s" }
-retry = { max_attempts = 1 }
-"#,
-        )
-        .await;
+        let (gw, addr, store) = gated_with(dir.path(), FAILING).await;
         store.gate.as_ref().unwrap().add_permits(1);
         let r = response(&mut post(addr).await).await;
         assert!(r.starts_with("HTTP/1.1 202"), "{r}");
@@ -1008,6 +1029,43 @@ retry = { max_attempts = 1 }
         .await;
         let counts = ["backlog_events", "backlog_bytes", "dead_letters"].map(|k| stat(&gw, k));
         assert_eq!(counts, [0, 0, 1].map(serde_json::Value::from));
+    }
+
+    /// With the dead-letter store full, an event due to be dead-lettered waits in the backlog
+    /// (still counted, still stored) until a purge makes room; then the counts add up: 2
+    /// accepted = 1 dead letter + 1 purged.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_dead_letter_store_holds_events_back_until_a_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!("{FAILING}max_dead_letters = 1\n");
+        let (gw, addr, store) = gated_with(dir.path(), &config).await;
+        store.gate.as_ref().unwrap().add_permits(2);
+        for _ in 0..2 {
+            let r = response(&mut post(addr).await).await;
+            assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+        }
+        until("one is dead and one waits for room", || {
+            stat(&gw, "dead_letters") == 1 && stat(&gw, "waiting_for_dead_letter_room") == 1
+        })
+        .await;
+        assert_eq!(stat(&gw, "backlog_events"), 1);
+        assert_eq!(stat(&gw, "dead_lettered")["exhausted"], 1);
+
+        let head = "DELETE /v1/topics/t/dead-letters HTTP/1.1\r\nhost: x";
+        let r = response(&mut send(addr, head, "").await).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.ends_with(r#"{"purged":1}"#), "{r}");
+        until("the second is dead-lettered", || {
+            stat(&gw, "dead_lettered")["exhausted"] == 2
+        })
+        .await;
+        let keys = ["accepted", "backlog_events", "dead_letters", "purged"];
+        let counts = keys.map(|k| stat(&gw, k));
+        assert_eq!(counts, [2, 0, 1, 1].map(serde_json::Value::from));
+        assert_eq!(stat(&gw, "waiting_for_dead_letter_room"), 0);
+        let kept = gw.store.dead_letters("t", 10).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].stored.seq, 2);
     }
 }
 

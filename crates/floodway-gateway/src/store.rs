@@ -139,6 +139,17 @@ pub struct TopicState {
     pub backlog_bytes: u64,
     /// Dead letters kept.
     pub dead_letters: u64,
+    /// Their bytes (of the events' bodies).
+    pub dead_bytes: u64,
+}
+
+/// What a purge of dead letters removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Dead letters removed.
+    pub events: u64,
+    /// Their bodies' bytes (0 from a shared backend, whose counts are read with the backlog).
+    pub bytes: u64,
 }
 
 /// A durable event store.
@@ -169,6 +180,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>>;
     /// Moves every dead letter of `topic` back for delivery, with new ids; returns them.
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+    /// Removes every dead letter of `topic` for good (the operator's decision).
+    fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>>;
     /// Every topic with stored state, and what it holds.
     fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>>;
     /// True while the store accepts writes.
@@ -228,6 +241,8 @@ pub struct Backlog {
     pub removed: u64,
     /// Dead letters kept.
     pub dead: u64,
+    /// Their bytes as the backend counts them.
+    pub dead_bytes: u64,
 }
 
 /// How a leased event leaves the shared backlog.
@@ -456,6 +471,7 @@ enum Op {
     Ack(String, Vec<u64>, Reply<()>),
     Dead(String, DeadEvent, Reply<()>),
     Replay(String, Reply<Vec<StoredEvent>>),
+    Purge(String, Reply<Purged>),
 }
 
 /// What an op will send back once its transaction commits.
@@ -463,6 +479,7 @@ enum Outcome {
     Appended(Reply<Vec<Appended>>, Vec<Appended>),
     Unit(Reply<()>),
     Replayed(Reply<Vec<StoredEvent>>, Vec<StoredEvent>),
+    Purged(Reply<Purged>, Purged),
 }
 
 impl Outcome {
@@ -471,6 +488,7 @@ impl Outcome {
             Outcome::Appended(r, _) => drop(r.send(Err(e.clone()))),
             Outcome::Unit(r) => drop(r.send(Err(e.clone()))),
             Outcome::Replayed(r, _) => drop(r.send(Err(e.clone()))),
+            Outcome::Purged(r, _) => drop(r.send(Err(e.clone()))),
         }
     }
 
@@ -479,6 +497,7 @@ impl Outcome {
             Outcome::Appended(r, v) => drop(r.send(Ok(v))),
             Outcome::Unit(r) => drop(r.send(Ok(()))),
             Outcome::Replayed(r, v) => drop(r.send(Ok(v))),
+            Outcome::Purged(r, v) => drop(r.send(Ok(v))),
         }
     }
 }
@@ -1139,7 +1158,9 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(batch.len());
         // A replay moves events between tables under new sequence numbers, which the log does not
         // describe: such a batch is synced by redb itself. Every other batch is logged.
-        let durable = batch.iter().any(|op| matches!(op, Op::Replay(..)));
+        let durable = batch
+            .iter()
+            .any(|op| matches!(op, Op::Replay(..) | Op::Purge(..)));
         let mut pending = batch.into_iter();
         let result = (|| -> Result<(), StoreError> {
             if self.open.is_none() {
@@ -1253,6 +1274,24 @@ impl Writer {
                             }
                             outcomes.push(Outcome::Replayed(reply, moved));
                         }
+                        Op::Purge(topic, reply) => {
+                            let mut purged = Purged::default();
+                            let rows: Vec<(u64, u64)> = dead
+                                .range((topic.as_str(), 0)..=(topic.as_str(), u64::MAX))
+                                .map_err(err)?
+                                .map(|r| {
+                                    let (k, v) = r.map_err(err)?;
+                                    let body = decode_dead(v.value())?.stored.event.body.len();
+                                    Ok((k.value().1, body as u64))
+                                })
+                                .collect::<Result<_, StoreError>>()?;
+                            for (seq, bytes) in rows {
+                                dead.remove((topic.as_str(), seq)).map_err(err)?;
+                                purged.events += 1;
+                                purged.bytes += bytes;
+                            }
+                            outcomes.push(Outcome::Purged(reply, purged));
+                        }
                     }
                 }
                 // Each topic's next sequence number once per batch, not once per request. Written
@@ -1287,6 +1326,7 @@ impl Writer {
                         }
                         Op::Dead(_, _, r) => drop(r.send(Err(e.clone()))),
                         Op::Replay(_, r) => drop(r.send(Err(e.clone()))),
+                        Op::Purge(_, r) => drop(r.send(Err(e.clone()))),
                     }
                 }
                 Err((e, outcomes))
@@ -1319,8 +1359,11 @@ impl RedbStore {
         }
         let dead = txn.open_table(DEAD).map_err(err)?;
         for row in dead.iter().map_err(err)? {
-            let (k, _) = row.map_err(err)?;
-            out.entry(k.value().0.to_owned()).or_default().dead_letters += 1;
+            let (k, v) = row.map_err(err)?;
+            let d = decode_dead(v.value())?;
+            let s = out.entry(k.value().0.to_owned()).or_default();
+            s.dead_letters += 1;
+            s.dead_bytes += d.stored.event.body.len() as u64;
         }
         Ok(out)
     }
@@ -1391,6 +1434,11 @@ impl Store for RedbStore {
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         let topic = topic.to_owned();
         Box::pin(self.call(move |r| Op::Replay(topic, r)))
+    }
+
+    fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>> {
+        let topic = topic.to_owned();
+        Box::pin(self.call(move |r| Op::Purge(topic, r)))
     }
 
     fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
@@ -1778,7 +1826,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn append_read_ack_dead_replay_and_recover() {
+    async fn append_read_ack_dead_replay_purge_and_recover() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
         {
@@ -1837,7 +1885,8 @@ mod tests {
             TopicState {
                 backlog_events: 0,
                 backlog_bytes: 0,
-                dead_letters: 1
+                dead_letters: 1,
+                dead_bytes: 1,
             }
         );
         let replayed = s.replay("t").await.unwrap();
@@ -1846,6 +1895,27 @@ mod tests {
         assert_eq!(replayed[0].event.deadline_ms, None);
         assert!(s.dead_letters("t", 10).await.unwrap().is_empty());
         assert_eq!(s.recover().await.unwrap()["t"].backlog_events, 1);
+        // Dead again, then purged: gone for good, also after a restart.
+        let dead = |stored: StoredEvent| DeadEvent {
+            stored,
+            reason: "permanent".into(),
+            error: "400".into(),
+            attempts: 1,
+            dead_ms: 6,
+        };
+        s.dead_letter("t", dead(replayed[0].clone())).await.unwrap();
+        let purged = s.purge_dead("t").await.unwrap();
+        assert_eq!(
+            purged,
+            Purged {
+                events: 1,
+                bytes: 1
+            }
+        );
+        drop(s);
+        let s = RedbStore::open(&path, Fsync::Batch).unwrap();
+        assert!(s.dead_letters("t", 10).await.unwrap().is_empty());
+        assert_eq!(s.recover().await.unwrap()["t"], TopicState::default());
     }
 }
 
@@ -1952,6 +2022,20 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(out)))
     }
 
+    fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>> {
+        let purged = self.with(topic, |t| {
+            let dead = std::mem::take(&mut t.dead);
+            Purged {
+                events: dead.len() as u64,
+                bytes: dead
+                    .values()
+                    .map(|d| d.stored.event.body.len() as u64)
+                    .sum(),
+            }
+        });
+        Box::pin(std::future::ready(Ok(purged)))
+    }
+
     fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
         Box::pin(std::future::ready(Ok(HashMap::new())))
     }
@@ -2047,6 +2131,9 @@ pub mod testing {
             self.replays.fetch_add(1, Ordering::AcqRel);
             let (inner, topic) = (self.inner.clone(), topic.to_owned());
             self.after_gate(async move { inner.replay(&topic).await })
+        }
+        fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>> {
+            self.inner.purge_dead(topic)
         }
         fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
             self.inner.recover()

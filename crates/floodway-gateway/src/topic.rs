@@ -24,7 +24,9 @@ use tokio::time::Instant;
 use crate::Locked;
 use crate::config::{Algorithm, Rate, Strategy, TopicConfig};
 use crate::sink::{Attempt, Sink};
-use crate::store::{DeadEvent, Feed, Lease, Settle, Store, StoredEvent, now_ms};
+use crate::store::{
+    DeadEvent, Feed, Lease, Purged, Settle, Store, StoredEvent, TopicState, now_ms,
+};
 
 /// An event on its way to a worker, with its lease when the backlog is shared.
 #[derive(Debug)]
@@ -147,6 +149,15 @@ pub struct Topic {
     backlog_events: AtomicU64,
     backlog_bytes: AtomicU64,
     dead_letters: AtomicU64,
+    dead_bytes: AtomicU64,
+    /// Held while a worker checks for room in the dead-letter store and takes it.
+    dead_room: Mutex<()>,
+    /// Signalled when dead letters leave (a replay, a purge, a read of the shared count).
+    dead_freed: Notify,
+    /// Events due to be dead-lettered, waiting for room.
+    waiting_for_dead_room: AtomicU64,
+    /// Dead letters purged (counter).
+    purged: AtomicU64,
     accepted: AtomicU64,
     unconfirmed: AtomicU64,
     delivered: AtomicU64,
@@ -199,9 +210,7 @@ impl Topic {
         name: String,
         config: TopicConfig,
         strategy: Strategy,
-        backlog_events: u64,
-        backlog_bytes: u64,
-        dead: u64,
+        found: TopicState,
         shared: bool,
     ) -> Topic {
         let c = config.concurrency;
@@ -247,9 +256,14 @@ impl Topic {
             },
             strategy,
             name,
-            backlog_events: AtomicU64::new(backlog_events),
-            backlog_bytes: AtomicU64::new(backlog_bytes),
-            dead_letters: AtomicU64::new(dead),
+            backlog_events: AtomicU64::new(found.backlog_events),
+            backlog_bytes: AtomicU64::new(found.backlog_bytes),
+            dead_letters: AtomicU64::new(found.dead_letters),
+            dead_bytes: AtomicU64::new(found.dead_bytes),
+            dead_room: Mutex::new(()),
+            dead_freed: Notify::new(),
+            waiting_for_dead_room: AtomicU64::new(0),
+            purged: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             unconfirmed: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -466,9 +480,68 @@ impl Topic {
         self.backlog_events
             .fetch_add(events.len() as u64, Ordering::AcqRel);
         self.backlog_bytes.fetch_add(bytes, Ordering::AcqRel);
-        self.dead_letters
-            .fetch_sub(events.len() as u64, Ordering::AcqRel);
+        self.dead_left(events.len() as u64, bytes);
         self.appended.notify_one();
+    }
+
+    /// Records a purge of dead letters.
+    pub fn record_purged(&self, purged: Purged) {
+        self.purged.fetch_add(purged.events, Ordering::Relaxed);
+        if !self.shared {
+            self.dead_left(purged.events, purged.bytes);
+        }
+    }
+
+    /// Dead letters left the store: room for the events waiting for it.
+    fn dead_left(&self, events: u64, bytes: u64) {
+        let _room = self.dead_room.locked();
+        self.dead_letters.fetch_sub(events, Ordering::AcqRel);
+        self.dead_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.dead_freed.notify_waiters();
+    }
+
+    /// Waits until the dead-letter store has room for an event of `bytes` and takes it, or
+    /// returns false if the topic stops first.
+    async fn take_dead_room(&self, bytes: u64) -> bool {
+        let mut stopping = self.stopping.subscribe();
+        let mut waiting = false;
+        let took = loop {
+            let freed = self.dead_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let _room = self.dead_room.locked();
+                let (n, b) = (
+                    self.dead_letters.load(Ordering::Acquire),
+                    self.dead_bytes.load(Ordering::Acquire),
+                );
+                if n < self.config.max_dead_letters
+                    && b + bytes <= self.config.max_dead_letter_bytes.0
+                {
+                    self.dead_letters.fetch_add(1, Ordering::AcqRel);
+                    self.dead_bytes.fetch_add(bytes, Ordering::AcqRel);
+                    break true;
+                }
+            }
+            if !waiting {
+                waiting = true;
+                if self.waiting_for_dead_room.fetch_add(1, Ordering::AcqRel) == 0 {
+                    tracing::warn!(topic = %self.name, max_dead_letters = self.config.max_dead_letters,
+                        "the dead-letter store is full: events due to be dead-lettered wait in the backlog; replay or purge the dead letters");
+                }
+            }
+            tokio::select! {
+                () = &mut freed => {}
+                // A shared count changes with other processes' replays and purges too: look again
+                // at each read of it.
+                () = tokio::time::sleep(BACKLOG_POLL), if self.shared => {}
+                _ = stopping.wait_for(|s| *s) => break false,
+            }
+        };
+        if waiting {
+            self.waiting_for_dead_room.fetch_sub(1, Ordering::AcqRel);
+        }
+        took
     }
 
     /// The producer quota's `RateLimit-Policy` parameters `(burst, window seconds)`, if any.
@@ -499,6 +572,9 @@ impl Topic {
             "delivered": self.delivered.load(Ordering::Relaxed),
             "refused": *self.refused.locked(),
             "dead_letters": self.dead_letters.load(Ordering::Acquire),
+            "dead_letter_bytes": self.dead_bytes.load(Ordering::Acquire),
+            "waiting_for_dead_letter_room": self.waiting_for_dead_room.load(Ordering::Acquire),
+            "purged": self.purged.load(Ordering::Relaxed),
             "dead_lettered": *self.dead_by_reason.locked(),
             "concurrency_limit": limiter.limit,
             "delivery_rate_limit": self.pacer.rate(),
@@ -637,7 +713,11 @@ impl Topic {
                     self.remote_bytes.store(backlog.bytes, Ordering::Release);
                     self.oldest_ms
                         .store(backlog.oldest_ms.unwrap_or(0), Ordering::Release);
-                    self.dead_letters.store(backlog.dead, Ordering::Release);
+                    {
+                        let _room = self.dead_room.locked();
+                        self.dead_letters.store(backlog.dead, Ordering::Release);
+                        self.dead_bytes.store(backlog.dead_bytes, Ordering::Release);
+                    }
                     let totals = (backlog.removed, backlog.removed + backlog.events);
                     if let Some((removed, stored)) = last_totals.replace(totals) {
                         let now = Instant::now();
@@ -925,6 +1005,14 @@ impl Topic {
         bytes: u64,
         lease: Option<Box<dyn Lease>>,
     ) {
+        if !self.take_dead_room(bytes).await {
+            // Stopping with the dead-letter store full: the event stays stored (a leased one goes
+            // back at once for another process).
+            if let Some(l) = lease {
+                let _ = l.settle(Settle::Retry(Duration::ZERO)).await;
+            }
+            return;
+        }
         let dead = DeadEvent {
             stored: e,
             reason: reason.to_owned(),
@@ -948,9 +1036,6 @@ impl Topic {
             .locked()
             .entry(reason.to_owned())
             .or_default() += 1;
-        if !self.shared {
-            self.dead_letters.fetch_add(1, Ordering::AcqRel);
-        }
         self.record_departure(bytes);
     }
 }
@@ -987,9 +1072,7 @@ mod tests {
             "t".into(),
             config,
             Strategy::Floodway,
-            0,
-            0,
-            0,
+            TopicState::default(),
             false,
         ));
         topic.start(store.clone(), sink, true).await.unwrap();

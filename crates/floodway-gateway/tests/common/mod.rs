@@ -189,27 +189,33 @@ pub async fn send_events(
 /// schedule `0s:rate=0,2s:rate=100`), waits for it in the dead letters listed by `admin` with
 /// reason `expired`, waits for the sink to be back, replays it through `admin`, and waits for
 /// the replayed event at the sink. `ingest` and `admin` are gateway base URLs.
-pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
-    let client = reqwest::Client::new();
-    let r = post_json_with(
-        &client,
-        &format!("{ingest}/v1/topics/orders/events"),
-        &[("floodway-ttl", "300ms")],
-        r#"{"late":true}"#,
-    )
-    .await;
+/// The JSON body of the answer to `req`.
+async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+/// Sends `body` to `orders` through `ingest` with a TTL of `ttl` and waits until it is the one
+/// dead letter at `dl_url`.
+async fn dies(client: &reqwest::Client, ingest: &str, dl_url: &str, ttl: &str, body: &str) {
+    let url = format!("{ingest}/v1/topics/orders/events");
+    let r = post_json_with(client, &url, &[("floodway-ttl", ttl)], body).await;
     assert_eq!(r.status(), 202);
-    let dl_url = format!("{admin}/v1/topics/orders/dead-letters");
     wait_for(
         Duration::from_secs(20),
-        "the expired event in dead letters",
+        "the event in dead letters",
         || async {
-            get_json(&dl_url).await["dead_letters"]
+            get_json(dl_url).await["dead_letters"]
                 .as_array()
                 .is_some_and(|a| a.len() == 1)
         },
     )
     .await;
+}
+
+pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
+    let client = reqwest::Client::new();
+    let dl_url = format!("{admin}/v1/topics/orders/dead-letters");
+    dies(&client, ingest, &dl_url, "300ms", r#"{"late":true}"#).await;
     let dl = get_json(&dl_url).await;
     assert_eq!(dl["dead_letters"][0]["reason"], "expired");
     assert_eq!(dl["dead_letters"][0]["body"]["late"], true);
@@ -226,14 +232,7 @@ pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
         get_json(&format!("{}/stats", sink.url)).await["rate"] == 100
     })
     .await;
-    let replayed: serde_json::Value = client
-        .post(format!("{dl_url}/replay"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replayed = json_of(client.post(format!("{dl_url}/replay"))).await;
     assert_eq!(replayed["replayed"], 1);
     let new_id = replayed["ids"][0].as_str().unwrap().to_owned();
     wait_for(
@@ -241,5 +240,18 @@ pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
         "the replayed event at the sink",
         || async { sink_ids(sink, "orders").await.contains(&new_id) },
     )
+    .await;
+    // An event dead on arrival (a TTL of 0), then purged: gone from the dead letters, counted.
+    dies(&client, ingest, &dl_url, "0s", r#"{"doomed":true}"#).await;
+    let purged = json_of(client.delete(&dl_url)).await;
+    assert_eq!(purged["purged"], 1);
+    assert_eq!(
+        get_json(&dl_url).await["dead_letters"],
+        serde_json::json!([])
+    );
+    wait_for(Duration::from_secs(10), "the purge counted", || async {
+        let t = get_json(&topic_url).await;
+        t["dead_letters"] == 0 && t["purged"] == 1
+    })
     .await;
 }

@@ -211,11 +211,19 @@ pub enum SinkConfig {
     File {
         /// The file.
         path: PathBuf,
+        /// Whether a line is on disk (`fdatasync`, shared by the deliveries waiting at the time)
+        /// before its event counts as delivered and leaves the store (default true). Without it
+        /// a line is only in the page cache: it survives the gateway's crash, not the machine's.
+        #[serde(default = "default_true")]
+        sync: bool,
     },
     /// Print each event as one JSON line.
     Stdout,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_http_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }

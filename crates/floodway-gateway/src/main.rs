@@ -74,7 +74,7 @@ enum Command {
     /// Run the gateway.
     Serve {
         /// A TOML configuration file (see floodway.example.toml). Without one: embedded store,
-        /// topics created on first use, delivered to <data-dir>/out/<topic>.jsonl.
+        /// topics created on first use, delivered to DATA_DIR/out/TOPIC.jsonl.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on (overrides the file; default 127.0.0.1:7070).

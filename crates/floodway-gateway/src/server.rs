@@ -79,6 +79,7 @@ impl Gateway {
                     .data_dir
                     .join("out")
                     .join(format!("{name}.jsonl")),
+                sync: true,
             });
         }
         if self.config.storage.backend == Backend::Nats {

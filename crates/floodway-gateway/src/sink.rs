@@ -1,6 +1,9 @@
 //! Where delivered events go: an HTTP endpoint, a JSON-lines file, or standard output.
 
+use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -40,7 +43,7 @@ pub enum Sink {
         url: String,
     },
     /// Append JSON lines to a file.
-    File(std::sync::Mutex<std::fs::File>),
+    File(FileSink),
     /// Print JSON lines.
     Stdout,
 }
@@ -57,9 +60,13 @@ impl Sink {
                     .map_err(std::io::Error::other)?,
                 url: url.clone(),
             },
-            SinkConfig::File { path } => {
-                Sink::File(std::sync::Mutex::new(open_append(path).await?))
-            }
+            SinkConfig::File { path, sync } => Sink::File(FileSink {
+                file: Arc::new(open_append(path).await?),
+                written: std::sync::Mutex::new(0),
+                synced: tokio::sync::Mutex::new(0),
+                sync: *sync,
+                syncs: AtomicU64::new(0),
+            }),
             SinkConfig::Stdout => Sink::Stdout,
         })
     }
@@ -68,11 +75,66 @@ impl Sink {
     pub async fn deliver(&self, topic: &str, e: &StoredEvent, attempt: u32) -> Attempt {
         match self {
             Sink::Http { client, url } => http(client, url, topic, e, attempt).await,
-            // One short append to the page cache: written in place, since a hop to tokio's
-            // blocking pool per event costs more than the write (the file is opened O_APPEND,
-            // unbuffered, so each line is one write call).
-            Sink::File(file) => write_line(&mut *file.locked(), topic, e),
+            Sink::File(file) => file.deliver(topic, e).await,
             Sink::Stdout => write_line(&mut std::io::stdout().lock(), topic, e),
+        }
+    }
+}
+
+/// A file of JSON lines. Each line is one short append to the page cache, written in place
+/// (a hop to tokio's blocking pool per event costs more than the write; the file is opened
+/// `O_APPEND`, unbuffered, so each line is one write call). With `sync`, a delivery then waits
+/// until a sync covers its line: the first to wait syncs for every line written so far, and those
+/// behind it find theirs covered (group commit, as the store does).
+#[derive(Debug)]
+pub struct FileSink {
+    file: Arc<std::fs::File>,
+    /// Lines written; the lock also keeps lines whole when deliveries run at once.
+    written: std::sync::Mutex<u64>,
+    /// Lines known to be on disk; held while a sync runs.
+    synced: tokio::sync::Mutex<u64>,
+    sync: bool,
+    /// Syncs made.
+    syncs: AtomicU64,
+}
+
+impl FileSink {
+    async fn deliver(&self, topic: &str, e: &StoredEvent) -> Attempt {
+        let line = json_line(topic, e);
+        let mine = {
+            let mut written = self.written.locked();
+            if let Err(err) = (&*self.file).write_all(&line) {
+                return Attempt::Retry {
+                    after: None,
+                    error: format!("write failed: {err}"),
+                };
+            }
+            *written += 1;
+            *written
+        };
+        if !self.sync {
+            return Attempt::Delivered;
+        }
+        let mut synced = self.synced.lock().await;
+        if *synced >= mine {
+            return Attempt::Delivered;
+        }
+        let upto = *self.written.locked();
+        let file = self.file.clone();
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        let done = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match done {
+            Ok(()) => {
+                *synced = upto;
+                Attempt::Delivered
+            }
+            // The line may be written again (at least once).
+            Err(err) => Attempt::Retry {
+                after: None,
+                error: format!("sync failed: {err}"),
+            },
         }
     }
 }
@@ -228,6 +290,67 @@ mod tests {
         v
     }
 
+    fn event(seq: u64, content_type: &str, body: &[u8]) -> StoredEvent {
+        StoredEvent {
+            seq,
+            event: NewEvent {
+                content_type: content_type.to_owned(),
+                body: body.to_vec(),
+                priority: floodway::Priority::High,
+                deadline_ms: None,
+                idempotency_key: None,
+                accepted_ms: 1_700_000_000_123,
+            },
+        }
+    }
+
+    /// Deliveries that wait while a sync runs are all covered by the next one: ten lines, one
+    /// sync, and every line in the file whole.
+    #[tokio::test]
+    async fn lines_written_during_a_sync_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let config = SinkConfig::File {
+            path: path.clone(),
+            sync: true,
+        };
+        let sink = Arc::new(Sink::open(&config).await.unwrap());
+        let Sink::File(file) = &*sink else {
+            unreachable!("a file sink")
+        };
+        let running = file.synced.lock().await; // as if a sync were under way
+        let deliveries: Vec<_> = (0..10)
+            .map(|i| {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    sink.deliver("t", &event(i, "application/json", b"{}"), 1)
+                        .await
+                })
+            })
+            .collect();
+        while *file.written.locked() < 10 {
+            tokio::task::yield_now().await;
+        }
+        drop(running);
+        for d in deliveries {
+            assert_eq!(d.await.unwrap(), Attempt::Delivered);
+        }
+        assert_eq!(file.syncs.load(Ordering::Relaxed), 1);
+        let out = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(out.lines().count(), 10);
+        for line in out.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        // Without sync, a delivery never waits for one.
+        let config = SinkConfig::File { path, sync: false };
+        let Sink::File(unsynced) = Sink::open(&config).await.unwrap() else {
+            unreachable!("a file sink")
+        };
+        let delivered = unsynced.deliver("t", &event(11, "text/plain", b"x")).await;
+        assert_eq!(delivered, Attempt::Delivered);
+        assert_eq!(unsynced.syncs.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn a_line_holds_the_event_on_one_line_whatever_its_body() {
         let cases: [(&str, &[u8]); 9] = [
@@ -245,17 +368,7 @@ mod tests {
             ("text/x-\"odd\"", b""),
         ];
         for (i, (content_type, body)) in cases.into_iter().enumerate() {
-            let e = StoredEvent {
-                seq: 40 + i as u64,
-                event: NewEvent {
-                    content_type: content_type.to_owned(),
-                    body: body.to_vec(),
-                    priority: floodway::Priority::High,
-                    deadline_ms: None,
-                    idempotency_key: None,
-                    accepted_ms: 1_700_000_000_123,
-                },
-            };
+            let e = event(40 + i as u64, content_type, body);
             let line = json_line("orders", &e);
             let text = String::from_utf8(line.clone()).unwrap();
             assert!(text.ends_with('\n'), "{text}");

@@ -1065,6 +1065,7 @@ mod tests {
         });
         let sink = SinkConfig::File {
             path: dir.path().join("out.jsonl"),
+            sync: false,
         };
         let sink = Arc::new(Sink::open(&sink).await.unwrap());
         let config = TopicConfig::default();

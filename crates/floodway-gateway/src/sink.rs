@@ -75,17 +75,29 @@ impl Sink {
     pub async fn deliver(&self, topic: &str, e: &StoredEvent, attempt: u32) -> Attempt {
         match self {
             Sink::Http { client, url } => http(client, url, topic, e, attempt).await,
-            Sink::File(file) => file.deliver(topic, e).await,
+            Sink::File(file) => file.deliver(topic, e),
             Sink::Stdout => write_line(&mut std::io::stdout().lock(), topic, e),
+        }
+    }
+
+    /// Completes once what this sink was given so far will survive a crash of the machine: at
+    /// once for HTTP (the endpoint answered) and stdout, after a sync for a synced file. Awaited
+    /// after a delivery and before its ack, apart from it, so the concurrency limit measures the
+    /// sink's answer and not the wait for a shared sync. After an error the lines may be lost
+    /// (the kernel may already have dropped them): the event must be delivered again.
+    pub async fn durable(&self) -> std::io::Result<()> {
+        match self {
+            Sink::File(file) => file.durable().await,
+            Sink::Http { .. } | Sink::Stdout => Ok(()),
         }
     }
 }
 
 /// A file of JSON lines. Each line is one short append to the page cache, written in place
 /// (a hop to tokio's blocking pool per event costs more than the write; the file is opened
-/// `O_APPEND`, unbuffered, so each line is one write call). With `sync`, a delivery then waits
-/// until a sync covers its line: the first to wait syncs for every line written so far, and those
-/// behind it find theirs covered (group commit, as the store does).
+/// `O_APPEND`, unbuffered, so each line is one write call). With `sync`, [`Sink::durable`] then
+/// waits until a sync covers the line: the first to wait syncs for every line written so far, and
+/// those behind it find theirs covered (group commit, as the store does).
 #[derive(Debug)]
 pub struct FileSink {
     file: Arc<std::fs::File>,
@@ -99,43 +111,38 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    async fn deliver(&self, topic: &str, e: &StoredEvent) -> Attempt {
+    fn deliver(&self, topic: &str, e: &StoredEvent) -> Attempt {
         let line = json_line(topic, e);
-        let mine = {
-            let mut written = self.written.locked();
-            if let Err(err) = (&*self.file).write_all(&line) {
-                return Attempt::Retry {
-                    after: None,
-                    error: format!("write failed: {err}"),
-                };
+        let mut written = self.written.locked();
+        match (&*self.file).write_all(&line) {
+            Ok(()) => {
+                *written += 1;
+                Attempt::Delivered
             }
-            *written += 1;
-            *written
-        };
-        if !self.sync {
-            return Attempt::Delivered;
+            Err(err) => Attempt::Retry {
+                after: None,
+                error: format!("write failed: {err}"),
+            },
         }
+    }
+
+    async fn durable(&self) -> std::io::Result<()> {
+        if !self.sync {
+            return Ok(());
+        }
+        let mine = *self.written.locked();
         let mut synced = self.synced.lock().await;
         if *synced >= mine {
-            return Attempt::Delivered;
+            return Ok(());
         }
         let upto = *self.written.locked();
         let file = self.file.clone();
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        let done = tokio::task::spawn_blocking(move || file.sync_data())
+        tokio::task::spawn_blocking(move || file.sync_data())
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        match done {
-            Ok(()) => {
-                *synced = upto;
-                Attempt::Delivered
-            }
-            // The line may be written again (at least once).
-            Err(err) => Attempt::Retry {
-                after: None,
-                error: format!("sync failed: {err}"),
-            },
-        }
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
+        *synced = upto;
+        Ok(())
     }
 }
 
@@ -304,8 +311,8 @@ mod tests {
         }
     }
 
-    /// Deliveries that wait while a sync runs are all covered by the next one: ten lines, one
-    /// sync, and every line in the file whole.
+    /// Deliveries that wait for their lines to be durable while a sync runs are all covered by
+    /// the next one: ten lines, one sync, and every line in the file whole.
     #[tokio::test]
     async fn lines_written_during_a_sync_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -323,8 +330,9 @@ mod tests {
             .map(|i| {
                 let sink = sink.clone();
                 tokio::spawn(async move {
-                    sink.deliver("t", &event(i, "application/json", b"{}"), 1)
-                        .await
+                    let e = event(i, "application/json", b"{}");
+                    assert_eq!(sink.deliver("t", &e, 1).await, Attempt::Delivered);
+                    sink.durable().await
                 })
             })
             .collect();
@@ -333,7 +341,7 @@ mod tests {
         }
         drop(running);
         for d in deliveries {
-            assert_eq!(d.await.unwrap(), Attempt::Delivered);
+            d.await.unwrap().unwrap();
         }
         assert_eq!(file.syncs.load(Ordering::Relaxed), 1);
         let out = std::fs::read_to_string(&path).unwrap();
@@ -346,8 +354,9 @@ mod tests {
         let Sink::File(unsynced) = Sink::open(&config).await.unwrap() else {
             unreachable!("a file sink")
         };
-        let delivered = unsynced.deliver("t", &event(11, "text/plain", b"x")).await;
+        let delivered = unsynced.deliver("t", &event(11, "text/plain", b"x"));
         assert_eq!(delivered, Attempt::Delivered);
+        unsynced.durable().await.unwrap();
         assert_eq!(unsynced.syncs.load(Ordering::Relaxed), 0);
     }
 

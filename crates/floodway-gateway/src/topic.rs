@@ -895,22 +895,30 @@ impl Topic {
                 continue;
             };
             attempt += 1;
-            match sink.deliver(&self.name, &e, attempt).await {
+            let (after, error) = match sink.deliver(&self.name, &e, attempt).await {
                 Attempt::Delivered => {
                     permit.success();
                     self.pacer.record(true);
-                    // An ack that never lands (crash, store failure) only means the event is
-                    // delivered again: at least once, never lost.
-                    let acked = match lease {
-                        Some(l) => l.settle(Settle::Ack).await,
-                        None => store.ack(&self.name, vec![e.seq]).await,
-                    };
-                    if let Err(err) = acked {
-                        tracing::error!(topic = %self.name, error = %err, "ack not recorded; the event will be redelivered");
+                    match sink.durable().await {
+                        Ok(()) => {
+                            // An ack that never lands (crash, store failure) only means the event
+                            // is delivered again: at least once, never lost.
+                            let acked = match lease {
+                                Some(l) => l.settle(Settle::Ack).await,
+                                None => store.ack(&self.name, vec![e.seq]).await,
+                            };
+                            if let Err(err) = acked {
+                                tracing::error!(topic = %self.name, error = %err, "ack not recorded; the event will be redelivered");
+                            }
+                            self.delivered.fetch_add(1, Ordering::Relaxed);
+                            self.record_departure(bytes);
+                            return;
+                        }
+                        Err(err) => {
+                            tracing::warn!(topic = %self.name, seq = e.seq, error = %err, "the sink could not make the event durable; delivering it again");
+                            (None, format!("sync failed: {err}"))
+                        }
                     }
-                    self.delivered.fetch_add(1, Ordering::Relaxed);
-                    self.record_departure(bytes);
-                    return;
                 }
                 Attempt::Permanent { error } => {
                     permit.success();
@@ -921,54 +929,55 @@ impl Topic {
                 Attempt::Retry { after, error } => {
                     permit.dropped();
                     self.pacer.record(false);
-                    tracing::debug!(topic = %self.name, seq = e.seq, attempt, %error, "delivery failed");
-                    if attempt >= self.config.retry.max_attempts {
-                        return self
-                            .bury(store, e, "exhausted", error, attempt, bytes, lease)
-                            .await;
-                    }
-                    last_error = error;
-                    // The backoff is already capped at retry.max; a sink's Retry-After can only
-                    // lengthen it.
-                    let wait = self.backoff(attempt).max(after.unwrap_or_default());
-                    if let Some(l) = lease.take() {
-                        // Shared backlog: the event goes back and returns after `wait`, to
-                        // whichever process has room then.
-                        if let Err(err) = l.settle(Settle::Retry(wait)).await {
-                            tracing::warn!(topic = %self.name, error = %err, "nak not recorded; the event returns after the ack wait");
-                        }
-                        return;
-                    }
-                    // Embedded: the event waits outside the worker, which goes on with others (a
-                    // burst of refusals must not idle the pool for a whole Retry-After), and comes
-                    // back through the queue. The event stays stored meanwhile.
-                    // Beyond MAX_WAITING_RETRIES, this worker waits with its event.
-                    if let Some(queue) = self.retry_slot() {
-                        let topic = self.clone();
-                        let job = Job {
-                            event: e,
-                            lease: None,
-                            attempts: attempt,
-                            last_error,
-                        };
-                        tokio::spawn(async move {
-                            let waited = topic.unless_stopping(tokio::time::sleep(wait)).await;
-                            topic.waiting_retries.fetch_sub(1, Ordering::AcqRel);
-                            if waited.is_some() {
-                                // Closed only at shutdown: the event is read again at the next start.
-                                let _ = queue.push(job).await;
-                            }
-                        });
-                        return;
-                    }
-                    if self
-                        .unless_stopping(tokio::time::sleep(wait))
-                        .await
-                        .is_none()
-                    {
-                        return;
-                    }
+                    (after, error)
                 }
+            };
+            tracing::debug!(topic = %self.name, seq = e.seq, attempt, %error, "delivery failed");
+            if attempt >= self.config.retry.max_attempts {
+                return self
+                    .bury(store, e, "exhausted", error, attempt, bytes, lease)
+                    .await;
+            }
+            last_error = error;
+            // The backoff is already capped at retry.max; a sink's Retry-After can only
+            // lengthen it.
+            let wait = self.backoff(attempt).max(after.unwrap_or_default());
+            if let Some(l) = lease.take() {
+                // Shared backlog: the event goes back and returns after `wait`, to
+                // whichever process has room then.
+                if let Err(err) = l.settle(Settle::Retry(wait)).await {
+                    tracing::warn!(topic = %self.name, error = %err, "nak not recorded; the event returns after the ack wait");
+                }
+                return;
+            }
+            // Embedded: the event waits outside the worker, which goes on with others (a
+            // burst of refusals must not idle the pool for a whole Retry-After), and comes
+            // back through the queue. The event stays stored meanwhile.
+            // Beyond MAX_WAITING_RETRIES, this worker waits with its event.
+            if let Some(queue) = self.retry_slot() {
+                let topic = self.clone();
+                let job = Job {
+                    event: e,
+                    lease: None,
+                    attempts: attempt,
+                    last_error,
+                };
+                tokio::spawn(async move {
+                    let waited = topic.unless_stopping(tokio::time::sleep(wait)).await;
+                    topic.waiting_retries.fetch_sub(1, Ordering::AcqRel);
+                    if waited.is_some() {
+                        // Closed only at shutdown: the event is read again at the next start.
+                        let _ = queue.push(job).await;
+                    }
+                });
+                return;
+            }
+            if self
+                .unless_stopping(tokio::time::sleep(wait))
+                .await
+                .is_none()
+            {
+                return;
             }
         }
     }

@@ -464,6 +464,10 @@ pub struct Config {
     /// A client connection with nothing read or written for this long is closed (default 60 s).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
+    /// A request's head (request line and headers) must have arrived whole this long after its
+    /// first byte (default 30 s), or the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Dur,
     /// A request body must have arrived whole this long after its handler started reading it
     /// (default 30 s); a slower one gets `408` and stores nothing.
     #[serde(default = "default_body_timeout")]
@@ -494,6 +498,9 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(60))
 }
+fn default_header_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
 fn default_body_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
@@ -505,6 +512,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             storage: Storage::default(),
             role: Role::default(),
@@ -563,6 +571,7 @@ impl Config {
         }
         for (key, d) in [
             ("idle_timeout", self.idle_timeout),
+            ("header_timeout", self.header_timeout),
             ("body_timeout", self.body_timeout),
             ("storage.write_timeout", self.storage.write_timeout),
         ] {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -92,6 +93,73 @@ impl axum::serve::Listener for Limited {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets each open
+/// connection finish the request it is serving (an idle one closes at once), and waits for them
+/// for at most `grace`.
+///
+/// By hand rather than `axum::serve`, which has no bound on the time a client may take to send a
+/// request's head: with hyper's HTTP/1 server directly, a head that is not whole within
+/// `header_timeout` closes the connection. (Without it, clients trickling one header byte now and
+/// then, inside the idle timeout, could hold every connection the gateway allows.) Each
+/// connection gets `TCP_NODELAY` (responses go out whole, one write each: no reason to hold back
+/// the last segment of one) and its requests the client's address as axum's [`ConnectInfo`].
+pub async fn serve(
+    mut listener: Limited,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    use axum::serve::Listener;
+    use hyper::body::Incoming;
+    use tower::ServiceExt;
+
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    // Each connection holds a sender: once all are dropped, every connection is closed.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let _ = io.get_ref().set_nodelay(true);
+        let app = app.clone();
+        let (mut stopping, open) = (stopping.clone(), open.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(addr));
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let stopped = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    drop(open);
+    if tokio::time::timeout(grace, all_closed.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the grace period; closing them");
     }
 }
 

@@ -209,10 +209,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // The first line on stdout is the address: tools and tests read it (the port may be 0).
     println!("floodway listening on http://{addr}");
     tracing::info!(%addr, "serving");
-    let app = server::router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(server::listener(listener, &gw), app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    server::serve(&gw, listener, shutdown_signal()).await;
     tracing::info!("stopped accepting; finishing deliveries");
     gw.stop(Duration::from_secs(10)).await;
     drop(gw);

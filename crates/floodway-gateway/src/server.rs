@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 
 use crate::RwLocked;
 use crate::config::{Backend, Config, Role, SinkConfig, Strategy, TopicConfig, valid_topic_name};
-use crate::conn::{Connections, Guarded, Limited};
+use crate::conn::{Connections, Limited};
 use crate::problem::Problem;
 use crate::sink::Sink;
 use crate::store::{Appended, BoxFuture, NewEvent, Store, StoreError, TopicState, now_ms};
@@ -197,18 +197,17 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-/// The listener the gateway serves on: bounded connections ([`crate::conn`]), each with
-/// `TCP_NODELAY` (responses go out whole, one write each: no reason to hold back the last segment
-/// of one).
-pub fn listener(
+/// Serves the gateway on `listener` until `shutdown` completes (see [`crate::conn::serve`]):
+/// connections bounded in number and idle time, request heads and bodies in time.
+pub async fn serve(
+    gw: &Arc<Gateway>,
     listener: tokio::net::TcpListener,
-    gw: &Gateway,
-) -> axum::serve::TapIo<Limited, fn(&mut Guarded<tokio::net::TcpStream>)> {
-    use axum::serve::ListenerExt;
-    fn nodelay(io: &mut Guarded<tokio::net::TcpStream>) {
-        let _ = io.get_ref().set_nodelay(true);
-    }
-    Limited::new(listener, gw.connections(), gw.idle_timeout()).tap_io(nodelay as fn(&mut _))
+    shutdown: impl Future<Output = ()>,
+) {
+    let limited = Limited::new(listener, gw.connections(), gw.idle_timeout());
+    let grace = Duration::from_secs(10);
+    let header = gw.config.header_timeout.0;
+    crate::conn::serve(limited, router(gw.clone()), header, shutdown, grace).await;
 }
 
 enum Kind {
@@ -885,9 +884,8 @@ mod tests {
         let gw = Gateway::start(config, store).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let listener = super::listener(listener, &gw);
-        let app = router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let served = gw.clone();
+        tokio::spawn(async move { super::serve(&served, listener, std::future::pending()).await });
         (gw, addr)
     }
 
@@ -1074,7 +1072,9 @@ retry = { max_attempts = 1 }
 mod timeouts {
     use std::sync::atomic::Ordering;
 
-    use tokio::io::AsyncWriteExt;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
     use super::tests::{gated, post, response, stat, until};
@@ -1125,6 +1125,49 @@ mod timeouts {
         assert_eq!(stat(&gw, "refused"), serde_json::json!({ "store": 1 }));
         let out = std::fs::read_to_string(dir.path().join("out/t.jsonl")).unwrap();
         assert_eq!(out.lines().count(), 2, "{out}");
+    }
+
+    /// A request head that is not whole within `header_timeout` (30 s) closes the connection,
+    /// although its bytes keep it inside the idle timeout (60 s); so does waiting that long for
+    /// the next request on a kept-alive connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_head_slower_than_header_timeout_closes_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_gw, addr, _store) = gated(dir.path()).await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let start = Instant::now();
+        slow.write_all(b"POST /v1/topics/t/events HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        for lines in 0.. {
+            // One more header line every 20 s: never idle for the idle timeout.
+            assert!(lines < 10, "still open after {lines} header lines");
+            match tokio::time::timeout(Duration::from_secs(20), slow.read(&mut buf)).await {
+                Err(_) => slow.write_all(b"x-slow: 1\r\n").await.unwrap(),
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(_)) => {}
+            }
+        }
+        assert_eq!(
+            start.elapsed().as_secs(),
+            30,
+            "closed at the header timeout"
+        );
+
+        let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let get = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+        waiting.write_all(get).await.unwrap();
+        assert!(response(&mut waiting).await.starts_with("HTTP/1.1 200"));
+        let answered = Instant::now();
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        waiting.write_all(get).await.unwrap();
+        assert!(response(&mut waiting).await.starts_with("HTTP/1.1 200"));
+        let answered_again = Instant::now();
+        assert_eq!(answered_again - answered, Duration::from_secs(29));
+        let n = waiting.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "closed");
+        assert_eq!(answered_again.elapsed().as_secs(), 30);
     }
 
     /// A body that does not arrive whole within `body_timeout` gets `408` and stores nothing.

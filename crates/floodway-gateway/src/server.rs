@@ -287,9 +287,11 @@ async fn ingest(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    // The request whole rather than a `HeaderMap` extractor, which clones the headers.
+    request: axum::extract::Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     if gw.config.role == Role::Worker {
         return Problem::new(
             StatusCode::MISDIRECTED_REQUEST,

@@ -764,10 +764,16 @@ async fn to_the_end<T: Send + 'static>(
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.store.healthy() {
-        "ready\n".into_response()
-    } else {
+    if !gw.store.healthy() {
         Problem::unavailable("the store is unavailable", STORE_RETRY).into_response()
+    } else if gw.stalled.load(Ordering::Acquire) > 0 {
+        Problem::unavailable(
+            "the store has not confirmed a write within storage.write_timeout",
+            STORE_RETRY,
+        )
+        .into_response()
+    } else {
+        "ready\n".into_response()
     }
 }
 
@@ -1079,7 +1085,7 @@ mod timeouts {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
-    use super::tests::{gated, post, response, stat, until};
+    use super::tests::{gated, post, response, send, stat, until};
 
     /// A write the store does not confirm within `write_timeout` gets `503` saying the events may
     /// yet be stored; while it is unanswered new events are refused without going to the store;
@@ -1112,6 +1118,9 @@ mod timeouts {
             1,
             "not sent to the store"
         );
+        let readyz = "GET /readyz HTTP/1.1\r\nhost: x";
+        let r = response(&mut send(addr, readyz, "").await).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "not ready meanwhile: {r}");
 
         store.gate.as_ref().unwrap().add_permits(2);
         until("the late write was counted", || stat(&gw, "accepted") == 1).await;
@@ -1119,6 +1128,8 @@ mod timeouts {
             gw.stalled.load(Ordering::Acquire) == 0
         })
         .await;
+        let r = response(&mut send(addr, readyz, "").await).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "ready again: {r}");
         let r = response(&mut post(addr).await).await;
         assert!(r.starts_with("HTTP/1.1 202"), "{r}");
         until("both were delivered", || stat(&gw, "delivered") == 2).await;

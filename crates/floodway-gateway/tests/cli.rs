@@ -5,6 +5,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::{gateway, post_json, send_events, sigterm, sink, sink_ids, spawn, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +90,22 @@ async fn sigterm_stops_in_bounded_time_and_leaves_the_store_consistent() {
     );
     let mut gw = gateway(dir.path(), &config);
     let acked = send_events(&reqwest::Client::new(), &gw, 200).await;
+    // A kept-alive connection, idle at the stop: closed at once, not waited for.
+    let addr = gw.url.trim_start_matches("http://");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     sigterm(&gw);
     let start = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the idle connection is closed at the stop: {closed:?}"
+    );
     let status = loop {
         if let Some(s) = gw.child.try_wait().unwrap() {
             break s;

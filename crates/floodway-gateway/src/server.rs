@@ -780,49 +780,62 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     use std::fmt::Write;
     let mut out = String::new();
-    let gauges = [
+    // Per topic: (name, Prometheus type, help). The figures that only ever grow are counters, so
+    // that `rate()` and reset detection treat them as such.
+    let per_topic = [
         (
             "backlog_events",
+            "gauge",
             "Events stored and not yet delivered or dead-lettered.",
         ),
-        ("backlog_bytes", "Bytes of those events."),
+        ("backlog_bytes", "gauge", "Bytes of those events."),
         (
             "oldest_age_seconds",
+            "gauge",
             "Age of the oldest event in the backlog.",
         ),
         (
             "rate_in_per_second",
+            "gauge",
             "Accepted events per second (moving average).",
         ),
         (
             "rate_out_per_second",
+            "gauge",
             "Delivered or dead-lettered events per second (moving average).",
         ),
-        ("accepted", "Events accepted (counter)."),
+        ("accepted", "counter", "Events accepted."),
         (
             "unconfirmed",
-            "Ingest requests answered 503 before the store confirmed their write (counter); \
-             their events are counted as accepted or refused once it does.",
+            "counter",
+            "Ingest requests answered 503 before the store confirmed their write; their events \
+             are counted as accepted or refused once it does.",
         ),
-        ("delivered", "Events delivered (counter)."),
-        ("dead_letters", "Dead letters kept."),
-        ("dead_letter_bytes", "Bytes of the dead letters kept."),
+        ("delivered", "counter", "Events delivered."),
+        ("dead_letters", "gauge", "Dead letters kept."),
+        (
+            "dead_letter_bytes",
+            "gauge",
+            "Bytes of the dead letters kept.",
+        ),
         (
             "waiting_for_dead_letter_room",
+            "gauge",
             "Events due to be dead-lettered, waiting for room in the full dead-letter store.",
         ),
-        ("purged", "Dead letters purged (counter)."),
-        ("concurrency_limit", "Delivery concurrency limit."),
-        ("in_flight", "Deliveries in progress."),
-        ("workers", "Delivery workers."),
+        ("purged", "counter", "Dead letters purged."),
+        ("concurrency_limit", "gauge", "Delivery concurrency limit."),
+        ("in_flight", "gauge", "Deliveries in progress."),
+        ("workers", "gauge", "Delivery workers."),
         (
             "desired_workers",
+            "gauge",
             "Delivery workers wanted: the autoscaling signal.",
         ),
     ];
     let stats: Vec<_> = gw.all_topics().iter().map(|t| t.stats()).collect();
-    for (name, help) in gauges {
-        family(&mut out, name, "gauge", help);
+    for (name, kind, help) in per_topic {
+        family(&mut out, name, kind, help);
         for s in &stats {
             let _ = writeln!(
                 out,

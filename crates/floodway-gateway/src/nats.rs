@@ -262,6 +262,16 @@ fn publish_error(e: jetstream::context::PublishError) -> StoreError {
     }
 }
 
+/// A publish that was sent but not acknowledged: timed out, or the connection went while waiting.
+/// JetStream may have stored it, so its outcome is unknown; other failures are [`publish_error`]'s.
+fn ack_error(e: jetstream::context::PublishError) -> StoreError {
+    use jetstream::context::PublishErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut | Kind::BrokenPipe => StoreError::Unknown(e.to_string()),
+        _ => publish_error(e),
+    }
+}
+
 impl Store for NatsStore {
     fn append(
         &self,
@@ -285,7 +295,7 @@ impl Store for NatsStore {
             let mut failed: Vec<(usize, StoreError)> = Vec::new();
             for (line, p) in pending.into_iter().enumerate() {
                 let ack = match p {
-                    Ok(f) => f.await.map_err(publish_error),
+                    Ok(f) => f.await.map_err(ack_error),
                     Err(e) => Err(e),
                 };
                 match ack {
@@ -627,5 +637,23 @@ impl Lease for NatsLease {
             };
             self.acker.ack_with(kind).await.map_err(unavailable)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jetstream::context::{PublishError, PublishErrorKind};
+
+    use super::*;
+
+    /// A publish sent but not acknowledged may be stored: its outcome is unknown, not a failure.
+    #[test]
+    fn an_unacknowledged_publish_is_an_unknown_outcome() {
+        for kind in [PublishErrorKind::TimedOut, PublishErrorKind::BrokenPipe] {
+            let e = ack_error(PublishError::new(kind));
+            assert!(matches!(e, StoreError::Unknown(_)), "{kind:?}: {e:?}");
+        }
+        let e = ack_error(PublishError::new(PublishErrorKind::StreamNotFound));
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     }
 }

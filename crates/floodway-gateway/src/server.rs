@@ -510,15 +510,10 @@ async fn accept(
         // `pending` finishes on its own task (see its Drop), and counts its events there.
         topic.count_unconfirmed();
         pending.count_in(gw.stalled.clone());
-        return Err(Problem::unavailable(
-            format!(
-                "the store did not confirm the write within {}; the events may still be stored \
-                 and delivered: send them again with the same Idempotency-Key to make the resend \
-                 safe",
-                humantime::format_duration(limit)
-            ),
-            STORE_RETRY,
-        ));
+        return Err(unconfirmed(&format!(
+            "the store did not confirm the write within {}",
+            humantime::format_duration(limit)
+        )));
     };
     let appended = match result {
         Ok(a) => a,
@@ -549,6 +544,12 @@ async fn accept(
             )
             .stored_ids(ids));
         }
+        Err(StoreError::Unknown(e)) => {
+            topic.count_unconfirmed();
+            return Err(unconfirmed(&format!(
+                "the store did not confirm the write ({e})"
+            )));
+        }
         Err(e) => {
             return Err(Problem::unavailable(
                 format!("{e}; nothing was stored"),
@@ -565,6 +566,17 @@ async fn accept(
     let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     add_signal_headers(resp.headers_mut(), topic, remaining);
     Ok(resp)
+}
+
+/// `503` for a write whose outcome is not known (`why`): its events may yet be stored.
+fn unconfirmed(why: &str) -> Problem {
+    Problem::unavailable(
+        format!(
+            "{why}; the events may still be stored and delivered: send them again with the same \
+             Idempotency-Key to make the resend safe"
+        ),
+        STORE_RETRY,
+    )
 }
 
 type Write = BoxFuture<'static, Result<Vec<Appended>, StoreError>>;
@@ -648,6 +660,8 @@ fn settle(
     match result {
         Ok(_) => {}
         Err(StoreError::Full(_)) => topic.count_refusal("full"),
+        // Not a refusal: the events may be stored (the answer counts it as unconfirmed).
+        Err(StoreError::Unknown(_)) => {}
         Err(_) => topic.count_refusal("store"),
     }
     kept
@@ -1194,6 +1208,27 @@ mod timeouts {
         let n = waiting.read(&mut buf).await.unwrap_or(0);
         assert_eq!(n, 0, "closed");
         assert_eq!(answered_again.elapsed().as_secs(), 30);
+    }
+
+    /// A write whose outcome the store does not know (a JetStream publish with no ack) gets `503`
+    /// saying the events may be stored, and is counted as unconfirmed, not as a refusal.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_of_unknown_outcome_is_unconfirmed_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, addr, store) = gated(dir.path()).await;
+        let ack_lost = crate::store::StoreError::Unknown("no ack within 5s".into());
+        *store.fail_next.lock().unwrap() = Some(ack_lost);
+        let r = response(&mut post(addr).await).await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(
+            r.contains(
+                "did not confirm the write (no ack within 5s); the events may still be stored"
+            ),
+            "{r}"
+        );
+        let counts = ["accepted", "unconfirmed", "backlog_events"].map(|k| stat(&gw, k));
+        assert_eq!(counts, [0, 1, 0].map(serde_json::Value::from));
+        assert_eq!(stat(&gw, "refused"), serde_json::json!({}));
     }
 
     /// A body that does not arrive whole within `body_timeout` gets `408` and stores nothing.

@@ -43,6 +43,9 @@ pub enum StoreError {
     /// The store refused the write because it is at its own limits (a stream's `max_msgs` or
     /// `max_bytes`); the producer is told to slow down.
     Full(String),
+    /// The write was sent but its outcome is not known (a JetStream publish whose ack did not
+    /// come): the events may or may not be stored.
+    Unknown(String),
     /// Part of a batch was stored before the store failed (only a backend without atomic batches
     /// can do this); `stored` lists what was.
     Partial {
@@ -58,6 +61,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(e) => write!(f, "store unavailable: {e}"),
             StoreError::Full(e) => write!(f, "the store is at its limits: {e}"),
+            StoreError::Unknown(e) => write!(f, "the store did not confirm the write ({e})"),
             StoreError::Partial { stored, error } => write!(
                 f,
                 "store unavailable after storing the first {} events: {error}",
@@ -2069,6 +2073,8 @@ pub mod testing {
         pub appends: AtomicUsize,
         /// Replays asked for.
         pub replays: AtomicUsize,
+        /// The answer to the next append instead of storing it, if set.
+        pub fail_next: std::sync::Mutex<Option<StoreError>>,
     }
 
     impl Hooked {
@@ -2098,6 +2104,9 @@ pub mod testing {
             events: Vec<NewEvent>,
         ) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
             self.appends.fetch_add(1, Ordering::AcqRel);
+            if let Some(e) = self.fail_next.locked().take() {
+                return Box::pin(std::future::ready(Err(e)));
+            }
             let (inner, topic) = (self.inner.clone(), topic.to_owned());
             self.after_gate(async move { inner.append(&topic, events).await })
         }

@@ -757,8 +757,9 @@ impl RedbStore {
         ops.send(op(tx))
             .await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        // Taken by the writer but never answered (it stopped): the op may have been applied.
         rx.await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+            .map_err(|_| StoreError::Unknown("the writer stopped before answering".into()))?
     }
 }
 
@@ -1810,6 +1811,26 @@ mod tests {
             let _ = tokio::time::timeout(Duration::from_millis(100), commits.changed()).await;
         }
         panic!("{n} events never became readable");
+    }
+
+    /// An op the writer took and never answered may have been applied: its outcome is unknown.
+    /// One it never took was not.
+    #[tokio::test]
+    async fn an_op_the_writer_took_without_answering_has_an_unknown_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RedbStore::open(&dir.path().join("store.redb"), Fsync::Batch).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let writer = s.ops.replace(tx);
+        let taker = tokio::spawn(async move { drop(rx.recv().await) });
+        let taken = s.append("t", vec![event("1", None)]).await;
+        assert!(matches!(taken, Err(StoreError::Unknown(_))), "{taken:?}");
+        taker.await.unwrap();
+        let never_taken = s.append("t", vec![event("2", None)]).await;
+        assert!(
+            matches!(never_taken, Err(StoreError::Unavailable(_))),
+            "{never_taken:?}"
+        );
+        s.ops = writer;
     }
 
     #[test]

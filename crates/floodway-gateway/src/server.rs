@@ -859,6 +859,11 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             );
         }
     }
+    let help = "Writes past storage.write_timeout the store has not answered yet; while any \
+                are, new events are refused and /readyz says not ready.";
+    family(&mut out, "stalled_writes", "gauge", help);
+    let stalled = gw.stalled.load(Ordering::Acquire);
+    let _ = writeln!(out, "floodway_stalled_writes {stalled}");
     family(&mut out, "connections", "gauge", "Client connections open.");
     let _ = writeln!(out, "floodway_connections {}", gw.connections.open());
     let help = "Client connections allowed at once.";
@@ -1148,6 +1153,9 @@ mod timeouts {
         let readyz = "GET /readyz HTTP/1.1\r\nhost: x";
         let r = response(&mut send(addr, readyz, "").await).await;
         assert!(r.starts_with("HTTP/1.1 503"), "not ready meanwhile: {r}");
+        let metrics = "GET /metrics HTTP/1.1\r\nhost: x";
+        let r = response(&mut send(addr, metrics, "").await).await;
+        assert!(r.contains("\nfloodway_stalled_writes 1\n"), "{r}");
 
         store.gate.as_ref().unwrap().add_permits(2);
         until("the late write was counted", || stat(&gw, "accepted") == 1).await;

@@ -60,13 +60,19 @@ impl Sink {
                     .map_err(std::io::Error::other)?,
                 url: url.clone(),
             },
-            SinkConfig::File { path, sync } => Sink::File(FileSink {
-                file: Arc::new(open_append(path).await?),
-                written: std::sync::Mutex::new(0),
-                synced: tokio::sync::Mutex::new(0),
-                sync: *sync,
-                syncs: AtomicU64::new(0),
-            }),
+            SinkConfig::File { path, sync } => {
+                let file = open_append(path).await?;
+                let len = file.metadata()?.len();
+                Sink::File(FileSink {
+                    file: Arc::new(file),
+                    written: std::sync::Mutex::new(Written { lines: 0, len }),
+                    synced: tokio::sync::Mutex::new(0),
+                    sync: *sync,
+                    syncs: AtomicU64::new(0),
+                    #[cfg(test)]
+                    fail_next_write: std::sync::atomic::AtomicBool::new(false),
+                })
+            }
             SinkConfig::Stdout => Sink::Stdout,
         })
     }
@@ -101,41 +107,68 @@ impl Sink {
 #[derive(Debug)]
 pub struct FileSink {
     file: Arc<std::fs::File>,
-    /// Lines written; the lock also keeps lines whole when deliveries run at once.
-    written: std::sync::Mutex<u64>,
+    /// What was written; the lock also keeps lines whole when deliveries run at once.
+    written: std::sync::Mutex<Written>,
     /// Lines known to be on disk; held while a sync runs.
     synced: tokio::sync::Mutex<u64>,
     sync: bool,
     /// Syncs made.
     syncs: AtomicU64,
+    /// Makes the next write stop half-way and fail, for tests of that path.
+    #[cfg(test)]
+    fail_next_write: std::sync::atomic::AtomicBool,
+}
+
+/// What a file sink has written.
+#[derive(Debug)]
+struct Written {
+    /// Lines.
+    lines: u64,
+    /// The file's length after them.
+    len: u64,
 }
 
 impl FileSink {
     fn deliver(&self, topic: &str, e: &StoredEvent) -> Attempt {
         let line = json_line(topic, e);
         let mut written = self.written.locked();
-        match (&*self.file).write_all(&line) {
+        match self.append(&line) {
             Ok(()) => {
-                *written += 1;
+                written.lines += 1;
+                written.len += line.len() as u64;
                 Attempt::Delivered
             }
-            Err(err) => Attempt::Retry {
-                after: None,
-                error: format!("write failed: {err}"),
-            },
+            Err(err) => {
+                // A write that failed part-way (a full disk) leaves the start of the line: cut it
+                // off, so the file holds whole lines and the retry's line starts on its own.
+                let _ = self.file.set_len(written.len);
+                Attempt::Retry {
+                    after: None,
+                    error: format!("write failed: {err}"),
+                }
+            }
         }
+    }
+
+    fn append(&self, line: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_next_write.swap(false, Ordering::Relaxed) {
+            (&*self.file).write_all(&line[..line.len() / 2])?;
+            return Err(std::io::Error::other("disk full (injected)"));
+        }
+        (&*self.file).write_all(line)
     }
 
     async fn durable(&self) -> std::io::Result<()> {
         if !self.sync {
             return Ok(());
         }
-        let mine = *self.written.locked();
+        let mine = self.written.locked().lines;
         let mut synced = self.synced.lock().await;
         if *synced >= mine {
             return Ok(());
         }
-        let upto = *self.written.locked();
+        let upto = self.written.locked().lines;
         let file = self.file.clone();
         self.syncs.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || file.sync_data())
@@ -336,7 +369,7 @@ mod tests {
                 })
             })
             .collect();
-        while *file.written.locked() < 10 {
+        while file.written.locked().lines < 10 {
             tokio::task::yield_now().await;
         }
         drop(running);
@@ -358,6 +391,31 @@ mod tests {
         assert_eq!(delivered, Attempt::Delivered);
         unsynced.durable().await.unwrap();
         assert_eq!(unsynced.syncs.load(Ordering::Relaxed), 0);
+    }
+
+    /// A write that fails half-way leaves no fragment: the retry's line follows the last whole
+    /// one, and every line of the file parses.
+    #[tokio::test]
+    async fn a_line_that_failed_half_way_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "{\"before\":true}\n").unwrap();
+        let config = SinkConfig::File {
+            path: path.clone(),
+            sync: false,
+        };
+        let Sink::File(file) = Sink::open(&config).await.unwrap() else {
+            unreachable!("a file sink")
+        };
+        let e = event(7, "application/json", br#"{"n":7}"#);
+        file.fail_next_write.store(true, Ordering::Relaxed);
+        assert!(matches!(file.deliver("t", &e), Attempt::Retry { .. }));
+        assert_eq!(file.deliver("t", &e), Attempt::Delivered);
+        let out = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        for line in out.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
     }
 
     #[test]

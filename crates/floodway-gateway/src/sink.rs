@@ -71,6 +71,8 @@ impl Sink {
                     syncs: AtomicU64::new(0),
                     #[cfg(test)]
                     fail_next_write: std::sync::atomic::AtomicBool::new(false),
+                    #[cfg(test)]
+                    fail_next_sync: std::sync::atomic::AtomicBool::new(false),
                 })
             }
             SinkConfig::Stdout => Sink::Stdout,
@@ -97,6 +99,14 @@ impl Sink {
             Sink::Http { .. } | Sink::Stdout => Ok(()),
         }
     }
+
+    /// Makes a file sink's next sync fail, for tests of what delivery does then.
+    #[cfg(test)]
+    pub fn fail_next_sync(&self) {
+        if let Sink::File(file) = self {
+            file.fail_next_sync.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A file of JSON lines. Each line is one short append to the page cache, written in place
@@ -117,6 +127,9 @@ pub struct FileSink {
     /// Makes the next write stop half-way and fail, for tests of that path.
     #[cfg(test)]
     fail_next_write: std::sync::atomic::AtomicBool,
+    /// Makes the next sync fail, for tests of that path.
+    #[cfg(test)]
+    fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 /// What a file sink has written.
@@ -169,6 +182,10 @@ impl FileSink {
             return Ok(());
         }
         let upto = self.written.locked().lines;
+        #[cfg(test)]
+        if self.fail_next_sync.swap(false, Ordering::Relaxed) {
+            return Err(std::io::Error::other("sync failed (injected)"));
+        }
         let file = self.file.clone();
         self.syncs.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || file.sync_data())

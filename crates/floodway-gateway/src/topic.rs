@@ -1063,6 +1063,58 @@ mod tests {
         }
     }
 
+    /// A line whose sync failed may be lost (the kernel may have dropped it), so its event is
+    /// delivered again, then acknowledged once: two copies of the line, one delivery counted, and
+    /// nothing left in the store.
+    #[tokio::test(start_paused = true)]
+    async fn an_event_whose_line_failed_to_sync_is_delivered_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Hooked::default());
+        let path = dir.path().join("out.jsonl");
+        let config = SinkConfig::File {
+            path: path.clone(),
+            sync: true,
+        };
+        let sink = Arc::new(Sink::open(&config).await.unwrap());
+        sink.fail_next_sync();
+        let topic = Arc::new(Topic::new(
+            "t".into(),
+            TopicConfig::default(),
+            Strategy::Floodway,
+            TopicState::default(),
+            false,
+        ));
+        topic.start(store.clone(), sink, true).await.unwrap();
+        let event = crate::store::NewEvent {
+            content_type: "application/json".into(),
+            body: b"{}".to_vec(),
+            priority: floodway::Priority::Normal,
+            deadline_ms: None,
+            idempotency_key: None,
+            accepted_ms: 1,
+        };
+        store.append("t", vec![event]).await.unwrap();
+        topic
+            .reserve(1, 2, floodway::Priority::Normal)
+            .unwrap()
+            .commit(1, 2);
+        for _ in 0..600 {
+            if topic.delivered.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(topic.delivered.load(Ordering::Relaxed), 1);
+        let out = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(
+            store.read_from("t", 0, 10).unwrap().is_empty(),
+            "acknowledged"
+        );
+        assert_eq!(topic.backlog_events(), 0);
+        topic.stop(Duration::from_secs(1)).await;
+    }
+
     /// With a store that signals when events become readable, the dispatcher reads on that
     /// signal only: an append alone (not yet readable) does not wake it to read for nothing.
     #[tokio::test(start_paused = true)]

@@ -939,21 +939,20 @@ impl Topic {
                     .await;
             }
             last_error = error;
-            // The backoff is already capped at retry.max; a sink's Retry-After can only
-            // lengthen it.
+            // The backoff is already capped at retry.max; a sink's Retry-After can only lengthen it.
             let wait = self.backoff(attempt).max(after.unwrap_or_default());
             if let Some(l) = lease.take() {
-                // Shared backlog: the event goes back and returns after `wait`, to
-                // whichever process has room then.
+                // Shared backlog: the event goes back and returns after `wait`, to whichever
+                // process has room then.
                 if let Err(err) = l.settle(Settle::Retry(wait)).await {
                     tracing::warn!(topic = %self.name, error = %err, "nak not recorded; the event returns after the ack wait");
                 }
                 return;
             }
-            // Embedded: the event waits outside the worker, which goes on with others (a
-            // burst of refusals must not idle the pool for a whole Retry-After), and comes
-            // back through the queue. The event stays stored meanwhile.
-            // Beyond MAX_WAITING_RETRIES, this worker waits with its event.
+            // Embedded: the event waits outside the worker, which goes on with others (a burst of
+            // refusals must not idle the pool for a whole Retry-After), and comes back through the
+            // queue. The event stays stored meanwhile. Beyond MAX_WAITING_RETRIES, this worker
+            // waits with its event.
             if let Some(queue) = self.retry_slot() {
                 let topic = self.clone();
                 let job = Job {

@@ -939,7 +939,8 @@ impl Topic {
                     .await;
             }
             last_error = error;
-            // The backoff is already capped at retry.max; a sink's Retry-After can only lengthen it.
+            // The backoff is already capped at retry.max; a sink's Retry-After can only
+            // lengthen it.
             let wait = self.backoff(attempt).max(after.unwrap_or_default());
             if let Some(l) = lease.take() {
                 // Shared backlog: the event goes back and returns after `wait`, to whichever

@@ -561,16 +561,15 @@ async fn accept(
         }
     };
     let remaining = allowed.map(|a| (a.remaining(), a.reset()));
-    let mut resp = accepted_body(n, &appended, n - kept).into_response();
+    let mut resp = accepted_response(n, &appended, n - kept).into_response();
     add_signal_headers(resp.headers_mut(), topic, remaining);
     Ok(resp)
 }
 
-/// The body of a `202`: `{"accepted": n, "ids": ["1", ...]}`, with `"duplicates": k` when some
-/// events were already stored. Written straight into one buffer: ids are decimal digits, so
-/// nothing needs escaping, and a `String` per id plus a serializer cost more than the rest of the
-/// response.
-fn accepted_body(
+/// A `202` and its body, `{"accepted": n, "ids": ["1", ...]}`, with `"duplicates": k` when some
+/// events were already stored. The body is written straight into one buffer (ids are decimal
+/// digits, so nothing needs escaping): no `String` per id and no serializer on every request.
+fn accepted_response(
     accepted: u64,
     appended: &[Appended],
     duplicates: u64,
@@ -1132,11 +1131,11 @@ retry = { max_attempts = 1 }
         };
         let cases = [
             (
-                accepted_body(1, &appended(&[(7, false)]), 0),
+                accepted_response(1, &appended(&[(7, false)]), 0),
                 json!({"accepted": 1, "ids": ["7"]}),
             ),
             (
-                accepted_body(
+                accepted_response(
                     3,
                     &appended(&[(12, false), (5, true), (u64::MAX, false)]),
                     1,

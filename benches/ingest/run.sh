@@ -3,6 +3,8 @@
 # bare axum handler that answers 202 without storing, over keep-alive connections, in one run.
 # FSYNC=always|batch|never picks the sync policy (default batch).
 # Needs wrk (apt-get install wrk). Usage: benches/ingest/run.sh [seconds] [connections]
+# With connections "sweep", both servers run at 16, 32, 64, 128 and 256 connections, and the ratio
+# is printed at each count and peak against peak (each server at its own best count).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
@@ -31,6 +33,29 @@ rate_limit = { per_second = 1 }
 TOML
 # Each run starts from a written-back disk (`sync`): without it, a run pays for the writeback of
 # the one before it, which was seen to cost the second of two back-to-back gateway runs 10-20%.
+if [ "$conns" = sweep ]; then
+  best_b=0; best_g=0
+  for c in 16 32 64 128 256; do
+    conns=$c
+    start bare bare
+    b=$(bench bare "$(url bare)/v1/topics/bench/events" post-event.lua)
+    kill "${pids[-1]}"
+    sync
+    rm -rf "$tmp/data"
+    start gw serve --config "$tmp/gw.toml" --listen 127.0.0.1:0 --data-dir "$tmp/data"
+    g=$(bench gateway "$(url gw)/v1/topics/bench/events" post-event.lua)
+    kill "${pids[-1]}"
+    wait "${pids[-1]}" 2>/dev/null || true
+    sync
+    awk -v c="$c" -v b="${b#* }" -v g="${g#* }" 'BEGIN {
+      printf "%4d connections: gateway %.0f, bare %.0f req/s, %.2fx\n", c, g, b, g / b }'
+    best_b=$(awk -v a="$best_b" -v b="${b#* }" 'BEGIN { print (b > a) ? b : a }')
+    best_g=$(awk -v a="$best_g" -v b="${g#* }" 'BEGIN { print (b > a) ? b : a }')
+  done
+  awk -v b="$best_b" -v g="$best_g" 'BEGIN {
+    printf "peak against peak: %.2fx (gateway %.0f, bare %.0f req/s)\n", g / b, g, b }'
+  exit 0
+fi
 start bare bare
 b=$(bench bare "$(url bare)/v1/topics/bench/events" post-event.lua)
 kill "${pids[0]}"

@@ -561,19 +561,17 @@ async fn accept(
         }
     };
     let remaining = allowed.map(|a| (a.remaining(), a.reset()));
-    let mut resp = accepted_response(n, &appended, n - kept).into_response();
+    let mut resp = accepted_response(n, &appended, n - kept);
     add_signal_headers(resp.headers_mut(), topic, remaining);
     Ok(resp)
 }
 
-/// A `202` and its body, `{"accepted": n, "ids": ["1", ...]}`, with `"duplicates": k` when some
+/// A `202` whose body is `{"accepted": n, "ids": ["1", ...]}`, with `"duplicates": k` when some
 /// events were already stored. The body is written straight into one buffer (ids are decimal
-/// digits, so nothing needs escaping): no `String` per id and no serializer on every request.
-fn accepted_response(
-    accepted: u64,
-    appended: &[Appended],
-    duplicates: u64,
-) -> (StatusCode, HeaderMap, Vec<u8>) {
+/// digits, so nothing needs escaping): no `String` per id and no serializer on every request. The
+/// response is built directly, so its content type is set once (a `Vec<u8>` body turned into a
+/// response through axum would first get `application/octet-stream`, then be overwritten).
+fn accepted_response(accepted: u64, appended: &[Appended], duplicates: u64) -> Response {
     use std::io::Write;
     let mut body = Vec::with_capacity(32 + 24 * appended.len());
     // Writing to a `Vec` cannot fail.
@@ -587,12 +585,13 @@ fn accepted_response(
         let _ = write!(body, ",\"duplicates\":{duplicates}");
     }
     body.push(b'}');
-    let mut h = HeaderMap::with_capacity(6);
-    h.insert(
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    (StatusCode::ACCEPTED, h, body)
+    resp
 }
 
 /// `503` for a write whose outcome is not known (`why`): its events may yet be stored.
@@ -1120,10 +1119,10 @@ retry = { max_attempts = 1 }
         assert_eq!(kept[0].stored.seq, 2);
     }
 
-    /// The hand-written `202` body is the JSON it stands for: ids as strings, and `duplicates`
-    /// only when there are some.
-    #[test]
-    fn the_accepted_body_is_the_json_it_stands_for() {
+    /// The hand-written `202` is the JSON it stands for (ids as strings, `duplicates` only when
+    /// there are some), with one content type.
+    #[tokio::test]
+    async fn the_accepted_body_is_the_json_it_stands_for() {
         let appended = |seqs: &[(u64, bool)]| -> Vec<Appended> {
             seqs.iter()
                 .map(|&(seq, duplicate)| Appended { seq, duplicate })
@@ -1143,9 +1142,15 @@ retry = { max_attempts = 1 }
                 json!({"accepted": 3, "ids": ["12", "5", u64::MAX.to_string()], "duplicates": 1}),
             ),
         ];
-        for ((status, headers, body), want) in cases {
-            assert_eq!(status, StatusCode::ACCEPTED);
-            assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        for (resp, want) in cases {
+            assert_eq!(resp.status(), StatusCode::ACCEPTED);
+            let types: Vec<_> = resp
+                .headers()
+                .get_all(header::CONTENT_TYPE)
+                .iter()
+                .collect();
+            assert_eq!(types, ["application/json"]);
+            let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
             let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(got, want, "{}", String::from_utf8_lossy(&body));
         }

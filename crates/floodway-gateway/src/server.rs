@@ -294,7 +294,8 @@ async fn ingest(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let headers = parts.headers;
+    // Only the headers are kept: the rest of the head goes here (see `accept` for why).
+    let headers = { parts }.headers;
     if gw.config.role == Role::Worker {
         return Problem::new(
             StatusCode::MISDIRECTED_REQUEST,
@@ -308,7 +309,7 @@ async fn ingest(
         Ok(t) => t,
         Err(p) => return p.into_response(),
     };
-    match accept(&gw, &topic, addr, &headers, body).await {
+    match accept(&gw, &topic, addr, headers, body).await {
         Ok(r) => r,
         Err(p) => {
             let quota = topic.quota_policy().map(|_| (0, Duration::ZERO));
@@ -321,7 +322,7 @@ async fn accept(
     gw: &Gateway,
     topic: &Arc<Topic>,
     addr: SocketAddr,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     let ct = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
@@ -467,8 +468,16 @@ async fn accept(
         } => Problem::unavailable(detail, retry_after),
     };
     let allowed = topic
-        .check_quota(|| producer_key(headers, addr), n as u32)
+        .check_quota(|| producer_key(&headers, addr), n as u32)
         .map_err(refused)?;
+    // Everything needed from the request is copied out by now. Its head and body are slices of
+    // the connection's read buffer (hyper gives the connection a fresh one while the request is in
+    // progress), so dropping them here frees that buffer now, on this thread and while it is
+    // still in cache, instead of holding it across the wait for the store and freeing it after
+    // the answer, maybe from the other worker thread. Measured: 3-5% more requests per second and
+    // 0.5-0.9 µs less CPU per request at 32 and 128 connections (BENCHMARKS.md).
+    drop(headers);
+    drop(bytes);
     let reservation = match topic.reserve(n, total, priority) {
         Ok(r) => r,
         Err(_) if topic.strategy == Strategy::Drop => {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
+use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -235,28 +235,46 @@ fn add_signal_headers(h: &mut HeaderMap, topic: &Topic, remaining: Option<(u32, 
     h.insert(PRESSURE, HeaderValue::from_static(level.as_str()));
     let (policy, state) = match (topic.quota_policy(), remaining) {
         (Some((q, w)), Some((r, reset))) => (
-            format!("\"producer\";q={q};w={w}"),
-            format!("\"producer\";r={r};t={}", reset.as_secs_f64().ceil() as u64),
+            formatted(format_args!("\"producer\";q={q};w={w}")),
+            formatted(format_args!(
+                "\"producer\";r={r};t={}",
+                reset.as_secs_f64().ceil() as u64
+            )),
         ),
         (Some((q, w)), None) => (
-            format!("\"producer\";q={q};w={w}"),
-            format!("\"producer\";r=0;t={w}"),
+            formatted(format_args!("\"producer\";q={q};w={w}")),
+            formatted(format_args!("\"producer\";r=0;t={w}")),
         ),
         _ => {
             // No producer quota: the policy in force is the backlog bound, fixed per topic.
             let max = topic.config.max_backlog_events;
             let used = (topic.utilisation() * max as f64) as u64;
-            let state = format!("\"backlog\";r={}", max.saturating_sub(used));
-            if let Ok(s) = HeaderValue::try_from(state) {
+            let left = max.saturating_sub(used);
+            if let Some(s) = formatted(format_args!("\"backlog\";r={left}")) {
                 h.insert(RATELIMIT_POLICY, topic.backlog_policy.clone());
                 h.insert(RATELIMIT, s);
             }
             return;
         }
     };
-    if let (Ok(p), Ok(s)) = (HeaderValue::try_from(policy), HeaderValue::try_from(state)) {
+    if let (Some(p), Some(s)) = (policy, state) {
         h.insert(RATELIMIT_POLICY, p);
         h.insert(RATELIMIT, s);
+    }
+}
+
+/// A header value written from `args` into a buffer on the stack and copied once into the value:
+/// one allocation, where `format!` and the conversion of its `String` make two. (The values here
+/// are short; a longer one goes through `format!`.) `None` if the text is no valid header value.
+fn formatted(args: std::fmt::Arguments<'_>) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut stack = [0u8; 128];
+    let mut rest = &mut stack[..];
+    if rest.write_fmt(args).is_ok() {
+        let len = 128 - rest.len();
+        HeaderValue::from_bytes(&stack[..len]).ok()
+    } else {
+        HeaderValue::try_from(std::fmt::format(args)).ok()
     }
 }
 
@@ -405,8 +423,8 @@ async fn accept(
             )));
         }
     };
-    let event = |body: Vec<u8>, key: Option<String>| NewEvent {
-        content_type: ct.clone(),
+    let event = |content_type: String, body: Vec<u8>, key: Option<String>| NewEvent {
+        content_type,
         body,
         priority,
         deadline_ms,
@@ -418,9 +436,9 @@ async fn accept(
             serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
                 Problem::bad_request(format!("malformed JSON: {}", json_error_detail(&e)))
             })?;
-            vec![event(bytes.to_vec(), key)]
+            vec![event(ct, bytes.to_vec(), key)]
         }
-        Kind::Opaque => vec![event(bytes.to_vec(), key)],
+        Kind::Opaque => vec![event(ct, bytes.to_vec(), key)],
         Kind::Ndjson => {
             let mut out = Vec::new();
             for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
@@ -441,9 +459,8 @@ async fn accept(
                         json_error_detail(&e)
                     ))
                 })?;
-                let mut single = event(line.to_vec(), key.as_ref().map(|k| format!("{k}#{n}")));
-                single.content_type = "application/json".into();
-                out.push(single);
+                let key = key.as_ref().map(|k| format!("{k}#{n}"));
+                out.push(event("application/json".into(), line.to_vec(), key));
             }
             if out.is_empty() {
                 return Err(Problem::bad_request("the NDJSON batch holds no events"));
@@ -511,9 +528,11 @@ async fn accept(
         ));
     }
     let sizes: Vec<u64> = events.iter().map(|e| e.body.len() as u64).collect();
-    let (store, name) = (gw.store.clone(), topic.name.clone());
+    let (store, to) = (gw.store.clone(), topic.clone());
     let mut pending = Pending {
-        write: Some(Box::pin(async move { store.append(&name, events).await })),
+        write: Some(Box::pin(
+            async move { store.append(&to.name, events).await },
+        )),
         room: Some((reservation, sizes)),
         stalled: None,
     };
@@ -576,24 +595,41 @@ async fn accept(
 }
 
 /// A `202` whose body is `{"accepted": n, "ids": ["1", ...]}`, with `"duplicates": k` when some
-/// events were already stored. The body is written straight into one buffer (ids are decimal
-/// digits, so nothing needs escaping): no `String` per id and no serializer on every request. The
-/// response is built directly, so its content type is set once (a `Vec<u8>` body turned into a
-/// response through axum would first get `application/octet-stream`, then be overwritten).
+/// events were already stored. The body is written straight into a buffer on the stack (ids are
+/// decimal digits, so nothing needs escaping) and copied once into the response: no `String` per
+/// id, no serializer, and one allocation for the common answer (a `Vec` turned into `Bytes` costs
+/// two). The response is built directly, so its content type is set once (a `Vec<u8>` body turned
+/// into a response through axum would first get `application/octet-stream`, then be overwritten).
 fn accepted_response(accepted: u64, appended: &[Appended], duplicates: u64) -> Response {
     use std::io::Write;
-    let mut body = Vec::with_capacity(32 + 24 * appended.len());
-    // Writing to a `Vec` cannot fail.
-    let _ = write!(body, "{{\"accepted\":{accepted},\"ids\":[");
-    for (i, a) in appended.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let _ = write!(body, "{sep}\"{}\"", a.seq);
+    fn write(
+        out: &mut impl Write,
+        accepted: u64,
+        appended: &[Appended],
+        duplicates: u64,
+    ) -> std::io::Result<()> {
+        write!(out, "{{\"accepted\":{accepted},\"ids\":[")?;
+        for (i, a) in appended.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(out, "{sep}\"{}\"", a.seq)?;
+        }
+        out.write_all(b"]")?;
+        if duplicates > 0 {
+            write!(out, ",\"duplicates\":{duplicates}")?;
+        }
+        out.write_all(b"}")
     }
-    body.push(b']');
-    if duplicates > 0 {
-        let _ = write!(body, ",\"duplicates\":{duplicates}");
-    }
-    body.push(b'}');
+    let mut stack = [0u8; 256];
+    let mut rest = &mut stack[..];
+    let body = if write(&mut rest, accepted, appended, duplicates).is_ok() {
+        let len = 256 - rest.len();
+        Bytes::copy_from_slice(&stack[..len])
+    } else {
+        // Too long for the stack buffer (many ids): a `Vec`, which cannot fail.
+        let mut body = Vec::with_capacity(32 + 24 * appended.len());
+        let _ = write(&mut body, accepted, appended, duplicates);
+        Bytes::from(body)
+    };
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = StatusCode::ACCEPTED;
     resp.headers_mut().insert(
@@ -1137,6 +1173,13 @@ retry = { max_attempts = 1 }
                 .map(|&(seq, duplicate)| Appended { seq, duplicate })
                 .collect()
         };
+        let many: Vec<Appended> = (0..40)
+            .map(|i| Appended {
+                seq: u64::MAX - i,
+                duplicate: false,
+            })
+            .collect();
+        let many_ids: Vec<String> = many.iter().map(|a| a.seq.to_string()).collect();
         let cases = [
             (
                 accepted_response(1, &appended(&[(7, false)]), 0),
@@ -1149,6 +1192,11 @@ retry = { max_attempts = 1 }
                     1,
                 ),
                 json!({"accepted": 3, "ids": ["12", "5", u64::MAX.to_string()], "duplicates": 1}),
+            ),
+            // Longer than the stack buffer: written into a `Vec` instead.
+            (
+                accepted_response(40, &many, 0),
+                json!({"accepted": 40, "ids": many_ids}),
             ),
         ];
         for (resp, want) in cases {
@@ -1163,6 +1211,23 @@ retry = { max_attempts = 1 }
             let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(got, want, "{}", String::from_utf8_lossy(&body));
         }
+    }
+
+    /// A formatted header value is the text it was given, short or longer than the stack
+    /// buffer, and `None` when that text is no header value.
+    #[test]
+    fn formatted_header_values_are_their_text() {
+        let n = 42;
+        assert_eq!(
+            formatted(format_args!("\"backlog\";r={n}")).unwrap(),
+            "\"backlog\";r=42"
+        );
+        let long = "x".repeat(300);
+        assert_eq!(
+            formatted(format_args!("{long};r={n}")).unwrap(),
+            format!("{long};r=42")
+        );
+        assert_eq!(formatted(format_args!("a\nb")), None);
     }
 }
 

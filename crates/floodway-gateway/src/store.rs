@@ -511,9 +511,9 @@ impl Outcome {
 type EventsTable<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
 
 /// `def` opened in `txn` the first time a group needs it. Opening a table costs redb a lookup and a
-/// check of its key and value types (about 15 allocations, 6% of the writer's time when every group
-/// opened all four), so a group of appends without idempotency keys opens one table here and one
-/// to insert.
+/// check of its key and value types (about 15 allocations; 6% of the writer's time when every group
+/// opened six), so a group of appends without idempotency keys opens one table here and one to
+/// insert.
 fn opened<'s, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
     slot: &'s mut Option<redb::Table<'t, K, V>>,
     txn: &'t redb::WriteTransaction,

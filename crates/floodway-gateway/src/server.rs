@@ -263,19 +263,31 @@ fn add_signal_headers(h: &mut HeaderMap, topic: &Topic, remaining: Option<(u32, 
     }
 }
 
-/// A header value written from `args` into a buffer on the stack and copied once into the value:
-/// one allocation, where `format!` and the conversion of its `String` make two. (The values here
-/// are short; a longer one goes through `format!`.) `None` if the text is no valid header value.
+/// A header value formatted from `args` without an intermediate `String` (see [`on_stack`]); `None`
+/// if the text is no valid header value.
 fn formatted(args: std::fmt::Arguments<'_>) -> Option<HeaderValue> {
-    use std::io::Write;
-    let mut stack = [0u8; 128];
+    on_stack(|w| w.write_fmt(args), |b| HeaderValue::from_bytes(b).ok())
+}
+
+/// Writes a short text with `text` into a buffer on the stack and gives the bytes to `done`, which
+/// copies them once into their owner: one allocation, where a `Vec` or `String` turned into
+/// `Bytes` costs two. For what is built on every request (the `202` body, `RateLimit` values). A
+/// text longer than the buffer is written into a `Vec` instead.
+fn on_stack<T>(
+    text: impl Fn(&mut dyn std::io::Write) -> std::io::Result<()>,
+    done: impl FnOnce(&[u8]) -> T,
+) -> T {
+    const ROOM: usize = 256;
+    let mut stack = [0u8; ROOM];
     let mut rest = &mut stack[..];
-    if rest.write_fmt(args).is_ok() {
-        let len = 128 - rest.len();
-        HeaderValue::from_bytes(&stack[..len]).ok()
-    } else {
-        HeaderValue::try_from(std::fmt::format(args)).ok()
+    if text(&mut rest).is_ok() {
+        let len = ROOM - rest.len();
+        return done(&stack[..len]);
     }
+    let mut heap = Vec::new();
+    // Writing to a `Vec` cannot fail.
+    let _ = text(&mut heap);
+    done(&heap)
 }
 
 fn producer_key(headers: &HeaderMap, addr: SocketAddr) -> String {
@@ -596,40 +608,25 @@ async fn accept(
 
 /// A `202` whose body is `{"accepted": n, "ids": ["1", ...]}`, with `"duplicates": k` when some
 /// events were already stored. The body is written straight into a buffer on the stack (ids are
-/// decimal digits, so nothing needs escaping) and copied once into the response: no `String` per
-/// id, no serializer, and one allocation for the common answer (a `Vec` turned into `Bytes` costs
-/// two). The response is built directly, so its content type is set once (a `Vec<u8>` body turned
-/// into a response through axum would first get `application/octet-stream`, then be overwritten).
+/// decimal digits, so nothing needs escaping; see [`on_stack`]): no `String` per id, no serializer.
+/// The response is built directly, so its content type is set once (a `Vec<u8>` body turned into a
+/// response through axum would first get `application/octet-stream`, then be overwritten).
 fn accepted_response(accepted: u64, appended: &[Appended], duplicates: u64) -> Response {
-    use std::io::Write;
-    fn write(
-        out: &mut impl Write,
-        accepted: u64,
-        appended: &[Appended],
-        duplicates: u64,
-    ) -> std::io::Result<()> {
-        write!(out, "{{\"accepted\":{accepted},\"ids\":[")?;
-        for (i, a) in appended.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            write!(out, "{sep}\"{}\"", a.seq)?;
-        }
-        out.write_all(b"]")?;
-        if duplicates > 0 {
-            write!(out, ",\"duplicates\":{duplicates}")?;
-        }
-        out.write_all(b"}")
-    }
-    let mut stack = [0u8; 256];
-    let mut rest = &mut stack[..];
-    let body = if write(&mut rest, accepted, appended, duplicates).is_ok() {
-        let len = 256 - rest.len();
-        Bytes::copy_from_slice(&stack[..len])
-    } else {
-        // Too long for the stack buffer (many ids): a `Vec`, which cannot fail.
-        let mut body = Vec::with_capacity(32 + 24 * appended.len());
-        let _ = write(&mut body, accepted, appended, duplicates);
-        Bytes::from(body)
-    };
+    let body = on_stack(
+        |out| {
+            write!(out, "{{\"accepted\":{accepted},\"ids\":[")?;
+            for (i, a) in appended.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                write!(out, "{sep}\"{}\"", a.seq)?;
+            }
+            out.write_all(b"]")?;
+            if duplicates > 0 {
+                write!(out, ",\"duplicates\":{duplicates}")?;
+            }
+            out.write_all(b"}")
+        },
+        Bytes::copy_from_slice,
+    );
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = StatusCode::ACCEPTED;
     resp.headers_mut().insert(

@@ -6,6 +6,9 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use floodway::{Clock, DeadLetter, Overflow, Queue};
 
+#[path = "common/paired.rs"]
+mod paired;
+
 const ITEMS: u64 = 20_000;
 const CAPACITY: usize = 1024;
 
@@ -195,19 +198,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// Paired runs, for a machine whose speed drifts from run to run: tokio's channel and floodway's
-/// queue take turns, one run each per round (the order swapped every round), and each round's
-/// ratio (tokio's time over floodway's) is taken on its own. A change of the machine's speed that
-/// lasts longer than a round moves both runs of the round and not their ratio, so the median ratio
-/// holds still where criterion's separate estimates do not.
-fn paired(rounds: usize) {
-    const WARM_UP: usize = 20;
+/// Paired runs of tokio's channel and floodway's queue (see `common/paired.rs`).
+fn run_paired(rounds: usize) {
     let rt = runtime();
-    let time = |run: &dyn Fn()| {
-        let start = std::time::Instant::now();
-        run();
-        start.elapsed().as_secs_f64()
-    };
     for producers in [1u64, 2] {
         let name = if producers == 1 { "spsc" } else { "mpsc2" };
         for (label, clock) in [
@@ -216,28 +209,11 @@ fn paired(rounds: usize) {
         ] {
             let tokio = || rt.block_on(tokio_run(producers));
             let ours = || rt.block_on(floodway_run(producers, clock.clone()));
-            let mut ratios = Vec::with_capacity(rounds);
-            for round in 0..WARM_UP + rounds {
-                let (t, f) = if round % 2 == 0 {
-                    let t = time(&tokio);
-                    (t, time(&ours))
-                } else {
-                    let f = time(&ours);
-                    (time(&tokio), f)
-                };
-                if round >= WARM_UP {
-                    ratios.push(t / f);
-                }
-            }
-            ratios.sort_by(f64::total_cmp);
-            let at = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
-            let met = ratios.iter().filter(|r| **r >= 0.9).count();
+            let r = paired::ratios(rounds, &tokio, &ours);
             println!(
-                "queue {name}, {label}: tokio / floodway median {:.2}x (quartiles {:.2}x-{:.2}x), \
-                 >= 0.9x in {met} of {rounds} rounds",
-                at(0.5),
-                at(0.25),
-                at(0.75)
+                "queue {name}, {label}: tokio / floodway {}, >= 0.9x in {} of {rounds} rounds",
+                r.summary(),
+                r.at_least(0.9)
             );
         }
     }
@@ -247,15 +223,5 @@ criterion_group!(benches, uncontended, bench);
 
 /// criterion's benches, or with `FLOODWAY_PAIRED=ROUNDS` the paired runs instead.
 fn main() {
-    match std::env::var("FLOODWAY_PAIRED") {
-        Ok(rounds) => paired(
-            rounds
-                .parse()
-                .expect("FLOODWAY_PAIRED is a number of rounds"),
-        ),
-        Err(_) => {
-            benches();
-            Criterion::default().configure_from_args().final_summary();
-        }
-    }
+    paired::main(benches, run_paired);
 }

@@ -311,9 +311,19 @@ fn over_limit(e: &axum::Error) -> bool {
     false
 }
 
-fn json_error_detail(e: &serde_json::Error) -> String {
-    format!("{e} (line {}, column {})", e.line(), e.column())
-        .replace(&format!(" at line {} column {}", e.line(), e.column()), "")
+/// A problem detail for malformed JSON: `what` (`JSON`, or `NDJSON` and the batch's line), where
+/// in it, and serde's message without its own position (which, for a batch, counts lines within
+/// the one event). For example "malformed NDJSON at line 3, column 2: key must be a string".
+fn malformed(what: &str, batch_line: Option<usize>, e: &serde_json::Error) -> Problem {
+    let message = e.to_string();
+    let message = message
+        .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+        .unwrap_or(&message);
+    let line = batch_line.unwrap_or(e.line());
+    Problem::bad_request(format!(
+        "malformed {what} at line {line}, column {}: {message}",
+        e.column()
+    ))
 }
 
 async fn ingest(
@@ -445,9 +455,8 @@ async fn accept(
     };
     let events: Vec<NewEvent> = match kind {
         Kind::Json => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
-                Problem::bad_request(format!("malformed JSON: {}", json_error_detail(&e)))
-            })?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                .map_err(|e| malformed("JSON", None, &e))?;
             vec![event(ct, bytes.to_vec(), key)]
         }
         Kind::Opaque => vec![event(ct, bytes.to_vec(), key)],
@@ -465,12 +474,8 @@ async fn accept(
                         line.len()
                     )));
                 }
-                serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|e| {
-                    Problem::bad_request(format!(
-                        "malformed NDJSON at line {n}: {}",
-                        json_error_detail(&e)
-                    ))
-                })?;
+                serde_json::from_slice::<serde::de::IgnoredAny>(line)
+                    .map_err(|e| malformed("NDJSON", Some(n), &e))?;
                 let key = key.as_ref().map(|k| format!("{k}#{n}"));
                 out.push(event("application/json".into(), line.to_vec(), key));
             }

@@ -77,7 +77,7 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
                 .header("content-type", "application/json")
                 .body("{\"a\":"),
             400,
-            "line 1",
+            "malformed JSON at line 1, column 5: EOF while parsing a value",
         ),
         (
             client
@@ -85,7 +85,7 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
                 .header("content-type", "application/x-ndjson")
                 .body("{\"a\":1}\n{\"b\":2}\n{oops}\n"),
             400,
-            "line 3",
+            "malformed NDJSON at line 3, column 2: key must be a string",
         ),
         (
             client

@@ -854,8 +854,9 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     use std::fmt::Write;
     let mut out = String::new();
-    // Per topic: (name, Prometheus type, help). The figures that only ever grow are counters, so
-    // that `rate()` and reset detection treat them as such.
+    // Per topic: (figure, Prometheus type, help). The figures that only ever grow are counters, so
+    // that `rate()` and reset detection treat them as such, named with the `_total` suffix the
+    // Prometheus conventions give counters.
     let per_topic = [
         (
             "backlog_events",
@@ -908,14 +909,18 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         ),
     ];
     let stats: Vec<_> = gw.all_topics().iter().map(|t| t.stats()).collect();
-    for (name, kind, help) in per_topic {
-        family(&mut out, name, kind, help);
+    for (figure, kind, help) in per_topic {
+        let name = match kind {
+            "counter" => format!("{figure}_total"),
+            _ => figure.to_owned(),
+        };
+        family(&mut out, &name, kind, help);
         for s in &stats {
             let _ = writeln!(
                 out,
                 "floodway_{name}{{topic=\"{}\"}} {}",
                 s["topic"].as_str().unwrap_or(""),
-                s[name]
+                s[figure]
             );
         }
     }
@@ -929,14 +934,21 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     let help = "Client connections allowed at once.";
     family(&mut out, "connections_max", "gauge", help);
     let _ = writeln!(out, "floodway_connections_max {}", gw.connections.max());
-    let help = "Ingest requests refused, by reason.";
-    family(&mut out, "refused_total", "counter", help);
-    for s in &stats {
-        if let Some(m) = s["refused"].as_object() {
-            for (reason, v) in m {
+    // Per topic and reason: (figure, help).
+    let by_reason = [
+        ("refused", "Ingest requests refused, by reason."),
+        (
+            "dead_lettered",
+            "Events dead-lettered, by reason (expired, shed, permanent, exhausted).",
+        ),
+    ];
+    for (figure, help) in by_reason {
+        family(&mut out, &format!("{figure}_total"), "counter", help);
+        for s in &stats {
+            for (reason, v) in s[figure].as_object().into_iter().flatten() {
                 let _ = writeln!(
                     out,
-                    "floodway_refused_total{{topic=\"{}\",reason=\"{reason}\"}} {v}",
+                    "floodway_{figure}_total{{topic=\"{}\",reason=\"{reason}\"}} {v}",
                     s["topic"].as_str().unwrap_or("")
                 );
             }
@@ -1161,6 +1173,20 @@ retry = { max_attempts = 1 }
         let counts = keys.map(|k| stat(&gw, k));
         assert_eq!(counts, [2, 0, 1, 1].map(serde_json::Value::from));
         assert_eq!(stat(&gw, "waiting_for_dead_letter_room"), 0);
+        // The same figures in /metrics: counters with their `_total` suffix, the dead letters
+        // by reason beside the refusals.
+        let metrics = "GET /metrics HTTP/1.1\r\nhost: x";
+        let r = response(&mut send(addr, metrics, "").await).await;
+        for line in [
+            "# TYPE floodway_dead_lettered_total counter\n",
+            "\nfloodway_dead_lettered_total{topic=\"t\",reason=\"exhausted\"} 2\n",
+            "# TYPE floodway_purged_total counter\n",
+            "\nfloodway_purged_total{topic=\"t\"} 1\n",
+            "\nfloodway_accepted_total{topic=\"t\"} 2\n",
+            "\nfloodway_dead_letters{topic=\"t\"} 1\n",
+        ] {
+            assert!(r.contains(line), "{line:?} in {r}");
+        }
         let kept = gw.store.dead_letters("t", 10).await.unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].stored.seq, 2);

@@ -44,12 +44,12 @@ async fn serve_without_a_config_creates_topics_and_writes_them_to_files() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("floodway_accepted{topic=\"clicks\"} 1"),
+        metrics.contains("floodway_accepted_total{topic=\"clicks\"} 1"),
         "{metrics}"
     );
     for typed in [
-        "# TYPE floodway_accepted counter\n",
-        "# TYPE floodway_delivered counter\n",
+        "# TYPE floodway_accepted_total counter\n",
+        "# TYPE floodway_delivered_total counter\n",
         "# TYPE floodway_backlog_events gauge\n",
     ] {
         assert!(metrics.contains(typed), "{typed}in {metrics}");

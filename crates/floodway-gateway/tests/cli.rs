@@ -133,3 +133,34 @@ async fn sigterm_stops_in_bounded_time_and_leaves_the_store_consistent() {
     )
     .await;
 }
+
+/// Logs written to a pipe (a file, a collector) are plain text: no terminal colour codes.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floodway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let first = BufReader::new(stderr).lines().next();
+        let _ = tx.send(first);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a log line within 30 s").unwrap().unwrap();
+    assert!(
+        line.contains("INFO") && line.contains("serving"),
+        "{line:?}"
+    );
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+}

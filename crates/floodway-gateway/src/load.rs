@@ -165,6 +165,14 @@ impl Tally {
         }
         &mut s[t as usize]
     }
+
+    /// The 99th percentile latency of the requests accepted in second `t`, in ms (0 when none
+    /// were).
+    fn accepted_p99_ms(&self, t: u64) -> f64 {
+        self.per_second_h
+            .get(&t)
+            .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0)
+    }
 }
 
 /// Parses "critical=5,high=15,normal=60,low=20" into cumulative weights.
@@ -249,13 +257,19 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
             let mut tick =
                 tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
             loop {
-                tick.tick().await;
+                // The tick's own instant, not the time now: a late tick (ticks missed under load
+                // come in a burst) still reports the second it stands for.
+                let at = tick.tick().await;
                 if quiet {
                     continue;
                 }
-                let t = start.elapsed().as_secs().saturating_sub(1);
+                let t = at
+                    .saturating_duration_since(start)
+                    .as_secs()
+                    .saturating_sub(1);
                 let line = {
                     let mut g = tally.locked();
+                    let p99 = g.accepted_p99_ms(t);
                     let s = g.second(t).clone();
                     format!(
                         "t={:>3}s offered {:>6}/s accepted {:>6}/s refused {:>6}/s errors {:>4}/s p99 {:>7.1} ms",
@@ -264,7 +278,7 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
                         s.accepted,
                         s.refused.values().sum::<u64>(),
                         s.errors,
-                        s.accepted_p99_ms
+                        p99
                     )
                 };
                 if tty {
@@ -412,13 +426,9 @@ pub async fn run(args: Args, quiet: bool) -> anyhow::Result<Report> {
     }
     let report = {
         let mut g = tally.locked();
-        let per: Vec<(u64, f64)> = g
-            .per_second_h
-            .iter()
-            .map(|(t, h)| (*t, h.value_at_quantile(0.99) as f64 / 1000.0))
-            .collect();
-        for (t, p99) in per {
-            g.second(t).accepted_p99_ms = p99;
+        let seconds: Vec<u64> = g.per_second_h.keys().copied().collect();
+        for t in seconds {
+            g.second(t).accepted_p99_ms = g.accepted_p99_ms(t);
         }
         g.report.accepted_latency = percentiles(&g.accepted_h);
         g.report.refused_latency = percentiles(&g.refused_h);

@@ -40,26 +40,32 @@ async fn known_server() -> (String, Arc<AtomicU64>) {
 
 /// Runs `floodway load ARGS --out FILE` (bounded in time) and returns the results it wrote.
 async fn run_load(args: &[&str]) -> serde_json::Value {
+    run_load_with_progress(args).await.0
+}
+
+/// The same, with the progress lines it printed to stderr (one a second, since stderr is a pipe).
+async fn run_load_with_progress(args: &[&str]) -> (serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.json");
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_floodway"))
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_floodway"))
         .args(args)
         .args(["--out", out.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(60), status)
+        .stderr(std::process::Stdio::piped())
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success());
-    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+    assert!(output.status.success());
+    let report = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    (report, String::from_utf8(output.stderr).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_accounts_for_every_request_exactly() {
     let (url, served) = known_server().await;
-    let r = run_load(&[
+    let (r, progress) = run_load_with_progress(&[
         "load",
         "--url",
         &url,
@@ -87,6 +93,18 @@ async fn load_accounts_for_every_request_exactly() {
         seconds[0]["offered"], 200,
         "constant arrivals: 200 due in each second"
     );
+    assert!(seconds[0]["accepted_p99_ms"].as_f64().unwrap() > 0.0, "{r}");
+    // The live line of the first second shows its p99, not a placeholder.
+    let first = progress
+        .lines()
+        .find(|l| l.starts_with("t=  0s"))
+        .unwrap_or_else(|| panic!("a line for the first second in {progress:?}"));
+    let p99: f64 = first
+        .split("p99")
+        .nth(1)
+        .and_then(|v| v.trim().trim_end_matches("ms").trim().parse().ok())
+        .unwrap_or_else(|| panic!("a p99 in {first:?}"));
+    assert!(p99 > 0.0, "{first:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

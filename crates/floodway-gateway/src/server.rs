@@ -500,6 +500,7 @@ async fn accept(
             retry_after,
             detail,
         } => Problem::unavailable(detail, retry_after),
+        Refusal::TooLarge { detail } => Problem::too_large(detail),
     };
     let allowed = topic
         .check_quota(|| producer_key(&headers, addr), n as u32)
@@ -1139,6 +1140,69 @@ retry = { max_attempts = 1 }
         .await;
         let counts = ["backlog_events", "backlog_bytes", "dead_letters"].map(|k| stat(&gw, k));
         assert_eq!(counts, [0, 0, 1].map(serde_json::Value::from));
+    }
+
+    /// A request larger than its class may ever hold gets `413` with no `Retry-After` (waiting
+    /// cannot help), whether it is over the backlog's watermark for its class or over the producer
+    /// burst; one that fits an emptier backlog gets `429` and a `Retry-After`. Nothing refused
+    /// reaches the store, and each refusal is counted by its reason.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_can_never_fit_is_too_large_not_told_to_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = "[topics.t]\nsink = { type = \"stdout\" }\nmax_backlog_events = 10\n\
+                      [topics.q]\nsink = { type = \"stdout\" }\n\
+                      producers = { per_second = 1, burst = 6 }\n";
+        let (gw, addr, store) = gated_with(dir.path(), config).await;
+        let batch = |topic: &str, n: usize, priority: &str| {
+            let head = format!(
+                "POST /v1/topics/{topic}/events HTTP/1.1\r\nhost: x\r\n\
+                 content-type: application/x-ndjson\r\nfloodway-priority: {priority}"
+            );
+            (head, "{}\n".repeat(n))
+        };
+        // 9 normal events: over the 80% watermark (8) of an empty backlog.
+        let (head, body) = batch("t", 9, "normal");
+        let r = response(&mut send(addr, &head, &body).await).await;
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+        assert!(!r.contains("retry-after"), "{r}");
+        assert!(
+            r.contains("9 normal events (18 bytes) can never be admitted at once")
+                && r.contains("holds at most 8 normal events"),
+            "{r}"
+        );
+        // 7 events fit the backlog of topic q, and not its producer burst of 6.
+        let (head, body) = batch("q", 7, "critical");
+        let r = response(&mut send(addr, &head, &body).await).await;
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+        assert!(!r.contains("retry-after"), "{r}");
+        assert!(
+            r.contains("a batch of 7 events can never pass the producer quota")
+                && r.contains("whose burst is 6"),
+            "{r}"
+        );
+        let q = gw.existing("q").unwrap().stats();
+        assert_eq!(q["refused"]["too_large"], 1, "{q}");
+        // 6 normal events fit an empty backlog; with 3 in it (held here as a reservation, as a
+        // request waiting for its store write holds them) they would make 9 of 8: 429, wait.
+        let held = gw
+            .existing("t")
+            .unwrap()
+            .reserve(3, 6, floodway::Priority::Normal)
+            .unwrap();
+        let (head, body) = batch("t", 6, "normal");
+        let r = response(&mut send(addr, &head, &body).await).await;
+        assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+        assert!(r.contains("retry-after: "), "{r}");
+        assert!(
+            r.contains("would pass the 80% watermark for normal events (9 events"),
+            "{r}"
+        );
+        drop(held);
+        assert_eq!(store.appends.load(Ordering::Acquire), 0, "nothing stored");
+        assert_eq!(stat(&gw, "backlog_events"), 0);
+        let refused = stat(&gw, "refused");
+        assert_eq!(refused["too_large"], 1, "{refused}");
+        assert_eq!(refused["watermark"], 1, "{refused}");
     }
 
     /// With the dead-letter store full, an event due to be dead-lettered waits in the backlog

@@ -90,6 +90,8 @@ pub enum Refusal {
         retry_after: Duration,
         detail: String,
     },
+    /// The request alone is more than its class may ever hold (`413`): waiting cannot help.
+    TooLarge { detail: String },
 }
 
 /// Backlog capacity taken for a request, returned if the request does not store everything.
@@ -357,12 +359,18 @@ impl Topic {
         match limiter.check_n(&producer(), n) {
             Ok(a) => Ok(Some(a)),
             Err(e) => {
-                self.count_refusal("quota");
                 let detail = match e {
-                    floodway::limit::rate::KeyedRateError::Insufficient(i) => format!(
-                        "a batch of {} events exceeds the producer burst of {}",
-                        i.requested, i.burst
-                    ),
+                    floodway::limit::rate::KeyedRateError::Insufficient(i) => {
+                        // More than the burst can never pass: no Retry-After would come true.
+                        self.count_refusal("too_large");
+                        return Err(Refusal::TooLarge {
+                            detail: format!(
+                                "a batch of {} events can never pass the producer quota of topic \
+                                 {:?}, whose burst is {}; send smaller batches",
+                                i.requested, self.name, i.burst
+                            ),
+                        });
+                    }
                     floodway::limit::rate::KeyedRateError::TooManyKeys { .. } => {
                         "too many producers are active; try again shortly".to_owned()
                     }
@@ -370,6 +378,7 @@ impl Topic {
                         format!("producer quota for topic {:?} is spent", self.name)
                     }
                 };
+                self.count_refusal("quota");
                 Err(Refusal::Quota {
                     retry_after: e.retry_after().unwrap_or(Duration::from_secs(60)),
                     detail,
@@ -403,6 +412,26 @@ impl Topic {
             self.config.max_backlog_events,
             self.config.max_backlog_bytes.0,
         );
+        // The drop strategy has no watermarks: it fills up, then drops.
+        let mark = match self.strategy {
+            Strategy::Drop => 1.0,
+            _ => watermark(priority),
+        };
+        let (lim_e, lim_b) = ((max_e as f64 * mark) as u64, (max_b as f64 * mark) as u64);
+        if events > lim_e || bytes > lim_b {
+            // Larger than the class may hold even in an empty backlog: a Retry-After would
+            // promise room that never comes.
+            self.count_refusal("too_large");
+            return Err(Refusal::TooLarge {
+                detail: format!(
+                    "{events} {priority} events ({bytes} bytes) can never be admitted at once: \
+                     topic {:?} holds at most {lim_e} {priority} events and {lim_b} bytes \
+                     ({}% of max_backlog_events and max_backlog_bytes); send smaller batches",
+                    self.name,
+                    (mark * 100.0).round() as u32,
+                ),
+            });
+        }
         if e_after > max_e || b_after > max_b {
             self.count_refusal("full");
             let over = e_after.saturating_sub(max_e).max(1);
@@ -432,21 +461,21 @@ impl Topic {
             });
         }
         if self.strategy == Strategy::Drop {
-            // The drop strategy has no watermarks: it fills up, then drops.
             return Ok(reservation);
         }
-        let mark = watermark(priority);
-        let (lim_e, lim_b) = ((max_e as f64 * mark) as u64, (max_b as f64 * mark) as u64);
         if e_after > lim_e || b_after > lim_b {
             self.count_refusal("watermark");
             let over = e_after.saturating_sub(lim_e).max(1);
             return Err(Refusal::Watermark {
                 retry_after: self.retry_hint(over),
                 detail: format!(
-                    "topic {:?} backlog is over the {}% watermark for {} events; slow down",
+                    "topic {:?} backlog would pass the {}% watermark for {priority} events \
+                     ({} events and {} bytes with this request, of at most {lim_e} and {lim_b}); \
+                     slow down",
                     self.name,
-                    (mark * 100.0) as u32,
-                    priority
+                    (mark * 100.0).round() as u32,
+                    e_after,
+                    b_after,
                 ),
             });
         }

@@ -200,7 +200,53 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        // Routing errors are problems too: no bare status for a wrong path or method.
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(gw)
+}
+
+/// The `{topic}` of a route's path; a path that does not decode (say, invalid UTF-8) is a
+/// problem like any other bad input, not axum's plain-text rejection.
+struct TopicName(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TopicName {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(TopicName(name)),
+            Err(e) => Err(Problem::bad_request(format!(
+                "bad topic in the path: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+async fn no_route(uri: axum::http::Uri) -> Response {
+    Problem::not_found(format!(
+        "no resource at {}: the API is under /v1/topics (and /metrics, /healthz, /readyz)",
+        uri.path()
+    ))
+    .into_response()
+}
+
+/// axum adds the `Allow` header listing the methods the path takes.
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "https://floodway.dev/problems/method-not-allowed",
+        "Method not allowed",
+        format!(
+            "{method} is not allowed on {}; see the Allow header",
+            uri.path()
+        ),
+    )
+    .into_response()
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes (see [`crate::conn::serve`]):
@@ -328,7 +374,7 @@ fn malformed(what: &str, batch_line: Option<usize>, e: &serde_json::Error) -> Pr
 
 async fn ingest(
     State(gw): State<Arc<Gateway>>,
-    Path(name): Path<String>,
+    TopicName(name): TopicName,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     // The request whole rather than a `HeaderMap` extractor, which clones the headers.
     request: axum::extract::Request,
@@ -746,7 +792,7 @@ async fn list_topics(State(gw): State<Arc<Gateway>>) -> Response {
     axum::Json(json!({ "topics": topics })).into_response()
 }
 
-async fn show_topic(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+async fn show_topic(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) -> Response {
     match gw.existing(&name) {
         Some(t) => axum::Json(t.stats()).into_response(),
         None => Problem::not_found(format!("unknown topic {name:?}")).into_response(),
@@ -760,9 +806,16 @@ struct ListQuery {
 
 async fn dead_letters(
     State(gw): State<Arc<Gateway>>,
-    Path(name): Path<String>,
-    Query(q): Query<ListQuery>,
+    TopicName(name): TopicName,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return Problem::bad_request(format!("bad query string: {}", e.body_text()))
+                .into_response();
+        }
+    };
     if gw.existing(&name).is_none() {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     }
@@ -788,7 +841,7 @@ async fn dead_letters(
     }
 }
 
-async fn replay(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+async fn replay(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) -> Response {
     let Some(topic) = gw.existing(&name) else {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     };
@@ -807,7 +860,7 @@ async fn replay(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Res
     }
 }
 
-async fn purge(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+async fn purge(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) -> Response {
     let Some(topic) = gw.existing(&name) else {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     };

@@ -122,6 +122,33 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
             400,
             "Floodway-TTL",
         ),
+        // Routing and query errors are problems too.
+        (
+            client
+                .post(format!("{}/v1/topics/%FF/events", gw.url))
+                .header("content-type", "application/json")
+                .body("{}"),
+            400,
+            "bad topic in the path: Invalid URL",
+        ),
+        (
+            client.get(format!("{}/v2/topics", gw.url)),
+            404,
+            "no resource at /v2/topics",
+        ),
+        (
+            client.delete(format!("{}/v1/topics/orders", gw.url)),
+            405,
+            "DELETE is not allowed on /v1/topics/orders",
+        ),
+        (
+            client.get(format!(
+                "{}/v1/topics/orders/dead-letters?limit=many",
+                gw.url
+            )),
+            400,
+            "bad query string",
+        ),
     ];
     for (req, status, needle) in cases {
         let r = req.send().await.unwrap();

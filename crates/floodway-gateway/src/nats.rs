@@ -24,8 +24,9 @@ use futures_util::StreamExt;
 
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
-    Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, Feed, Lease, Leased, NewEvent, Purged,
-    Settle, Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode, encode_dead,
+    Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, DeadPage, Feed, Lease, Leased, NewEvent,
+    Purged, Settle, Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode,
+    encode_dead,
 };
 use crate::{Locked, RwLocked};
 
@@ -352,22 +353,28 @@ impl Store for NatsStore {
     fn dead_letters(
         &self,
         topic: &str,
+        after: u64,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
+    ) -> BoxFuture<'_, Result<DeadPage, StoreError>> {
         let handles = self.handles(topic);
         Box::pin(async move {
             let h = handles?;
-            let mut out = Vec::new();
-            let mut seq = 1;
-            while out.len() < max {
+            // One past the page, to tell whether there is a next one. The position is the dead
+            // letter's sequence in its stream.
+            let mut rows = Vec::new();
+            let mut seq = after.saturating_add(1);
+            while rows.len() <= max {
                 match h
                     .dead
                     .get_first_raw_message_by_subject(&h.dead_subject, seq)
                     .await
                 {
                     Ok(m) => {
-                        out.push(decode_dead(&m.payload)?);
-                        seq = m.sequence + 1;
+                        rows.push((m.sequence, decode_dead(&m.payload)?));
+                        match m.sequence.checked_add(1) {
+                            Some(s) => seq = s,
+                            None => break,
+                        }
                     }
                     Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
                         break;
@@ -375,7 +382,7 @@ impl Store for NatsStore {
                     Err(e) => return Err(unavailable(e)),
                 }
             }
-            Ok(out)
+            Ok(DeadPage::cut(rows, max))
         })
     }
 

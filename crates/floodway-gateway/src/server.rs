@@ -802,7 +802,12 @@ async fn show_topic(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) 
 #[derive(Deserialize)]
 struct ListQuery {
     limit: Option<usize>,
+    after: Option<u64>,
 }
+
+/// Dead letters per page when the query names no `limit`, and the most it may name.
+const DEAD_PAGE: usize = 100;
+const DEAD_PAGE_MAX: usize = 1000;
 
 async fn dead_letters(
     State(gw): State<Arc<Gateway>>,
@@ -819,23 +824,38 @@ async fn dead_letters(
     if gw.existing(&name).is_none() {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     }
-    let limit = q.limit.unwrap_or(100).min(1000);
-    match gw.store.dead_letters(&name, limit).await {
-        Ok(list) => {
-            let items: Vec<_> = list
+    let limit = q.limit.unwrap_or(DEAD_PAGE);
+    if limit == 0 {
+        return Problem::bad_request(format!(
+            "bad query string: limit must be 1 to {DEAD_PAGE_MAX}, not 0"
+        ))
+        .into_response();
+    }
+    let limit = limit.min(DEAD_PAGE_MAX);
+    match gw
+        .store
+        .dead_letters(&name, q.after.unwrap_or(0), limit)
+        .await
+    {
+        Ok(page) => {
+            let items: Vec<_> = page
+                .letters
                 .iter()
                 .map(|d| {
                     let mut v: serde_json::Value =
                         serde_json::from_slice(&crate::sink::json_line(&name, &d.stored))
                             .unwrap_or_default();
                     v["reason"] = json!(d.reason);
-                    v["error"] = json!(d.error);
+                    // `null`, not an empty text, when no delivery failed (shed or expired
+                    // before any attempt).
+                    v["error"] = json!((!d.error.is_empty()).then_some(&d.error));
                     v["attempts"] = json!(d.attempts);
                     v["dead_ms"] = json!(d.dead_ms);
                     v
                 })
                 .collect();
-            axum::Json(json!({ "topic": name, "dead_letters": items })).into_response()
+            axum::Json(json!({ "topic": name, "dead_letters": items, "next": page.next }))
+                .into_response()
         }
         Err(e) => Problem::unavailable(e.to_string(), STORE_RETRY).into_response(),
     }
@@ -1304,7 +1324,7 @@ retry = { max_attempts = 1 }
         ] {
             assert!(r.contains(line), "{line:?} in {r}");
         }
-        let kept = gw.store.dead_letters("t", 10).await.unwrap();
+        let kept = gw.store.dead_letters("t", 0, 10).await.unwrap().letters;
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].stored.seq, 2);
     }

@@ -125,6 +125,32 @@ pub struct DeadEvent {
     pub dead_ms: u64,
 }
 
+/// One page of a topic's dead letters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeadPage {
+    /// The dead letters, oldest first.
+    pub letters: Vec<DeadEvent>,
+    /// Where the next page starts (pass it as `after`), or `None` if this page is the last.
+    /// A position in the backend's own order, not an event id: the nats backend counts its dead
+    /// letter stream.
+    pub next: Option<u64>,
+}
+
+impl DeadPage {
+    /// The page from `rows` (each dead letter with its position, in order): the first `max`, and
+    /// a `next` if there are more. `rows` should hold `max + 1` if there are that many, so that
+    /// a page that ends exactly at the last letter says it is the last.
+    pub fn cut(mut rows: Vec<(u64, DeadEvent)>, max: usize) -> Self {
+        let more = rows.len() > max;
+        rows.truncate(max);
+        let next = if more { rows.last().map(|r| r.0) } else { None };
+        DeadPage {
+            letters: rows.into_iter().map(|r| r.1).collect(),
+            next,
+        }
+    }
+}
+
 /// The result of appending one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -176,12 +202,14 @@ pub trait Store: Send + Sync + 'static {
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Moves an event to the topic's dead letters.
     fn dead_letter(&self, topic: &str, dead: DeadEvent) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Up to `max` dead letters of `topic`, oldest first.
+    /// Up to `max` dead letters of `topic` past position `after` (0: from the first), oldest
+    /// first, and where the next page starts.
     fn dead_letters(
         &self,
         topic: &str,
+        after: u64,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>>;
+    ) -> BoxFuture<'_, Result<DeadPage, StoreError>>;
     /// Moves every dead letter of `topic` back for delivery, with new ids; returns them.
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
     /// Removes every dead letter of `topic` for good (the operator's decision).
@@ -589,19 +617,22 @@ impl Db {
     }
 
     /// Up to `max` dead letters of `topic`, oldest first.
-    fn read_dead(&self, topic: &str, max: usize) -> Result<Vec<DeadEvent>, StoreError> {
+    fn read_dead(&self, topic: &str, after: u64, max: usize) -> Result<DeadPage, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(DeadPage::default());
+        };
         self.read(|txn| {
             let t = txn.open_table(DEAD).map_err(err)?;
-            let mut out = Vec::new();
+            let mut rows = Vec::new();
             for row in t
-                .range((topic, 0)..=(topic, u64::MAX))
+                .range((topic, first)..=(topic, u64::MAX))
                 .map_err(err)?
-                .take(max)
+                .take(max.saturating_add(1))
             {
-                let (_, v) = row.map_err(err)?;
-                out.push(decode_dead(v.value())?);
+                let (k, v) = row.map_err(err)?;
+                rows.push((k.value().1, decode_dead(v.value())?));
             }
-            Ok(out)
+            Ok(DeadPage::cut(rows, max))
         })
     }
 
@@ -1463,9 +1494,10 @@ impl Store for RedbStore {
     fn dead_letters(
         &self,
         topic: &str,
+        after: u64,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
-        Box::pin(std::future::ready(self.db.read_dead(topic, max)))
+    ) -> BoxFuture<'_, Result<DeadPage, StoreError>> {
+        Box::pin(std::future::ready(self.db.read_dead(topic, after, max)))
     }
 
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
@@ -1774,7 +1806,7 @@ mod tests {
         // That transaction fails and is dropped.
         w.reload();
         assert_eq!(committed_seqs(&w.db), vec![2]);
-        assert_eq!(w.db.read_dead("t", 10).unwrap(), vec![dead]);
+        assert_eq!(w.db.read_dead("t", 0, 10).unwrap().letters, vec![dead]);
         // A synced commit forgets what it made durable.
         w.checkpoint().unwrap();
         assert_eq!(w.unsynced.len, 0);
@@ -1847,6 +1879,57 @@ mod tests {
             let _ = tokio::time::timeout(Duration::from_millis(100), commits.changed()).await;
         }
         panic!("{n} events never became readable");
+    }
+
+    /// Appends five events to `t` and dead-letters each.
+    async fn bury_five(s: &dyn Store) {
+        let events: Vec<_> = (0..5).map(|i| event(&i.to_string(), None)).collect();
+        let appended = s.append("t", events.clone()).await.unwrap();
+        for (a, e) in appended.iter().zip(events) {
+            let stored = StoredEvent {
+                seq: a.seq,
+                event: e,
+            };
+            let dead = DeadEvent {
+                stored,
+                reason: "shed".into(),
+                error: String::new(),
+                attempts: 0,
+                dead_ms: 1,
+            };
+            s.dead_letter("t", dead).await.unwrap();
+        }
+    }
+
+    /// The five of [`bury_five`], a page at a time: each page starts past the cursor it was given
+    /// and gives the next one only if more follow.
+    async fn pages_through_five(s: &dyn Store) {
+        let page = |after, max| async move {
+            let p = s.dead_letters("t", after, max).await.unwrap();
+            let seqs: Vec<u64> = p.letters.iter().map(|d| d.stored.seq).collect();
+            (seqs, p.next)
+        };
+        assert_eq!(page(0, 2).await, (vec![1, 2], Some(2)));
+        assert_eq!(page(2, 2).await, (vec![3, 4], Some(4)));
+        assert_eq!(page(4, 2).await, (vec![5], None));
+        assert_eq!(page(0, 5).await, (vec![1, 2, 3, 4, 5], None));
+        assert_eq!(page(1, 3).await, (vec![2, 3, 4], Some(4)));
+        assert_eq!(page(5, 10).await, (vec![], None));
+        assert_eq!(page(u64::MAX, 10).await, (vec![], None));
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_read_a_page_at_a_time() {
+        let m = MemoryStore::default();
+        bury_five(&m).await;
+        pages_through_five(&m).await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("s.redb"), Fsync::Batch).unwrap();
+        bury_five(&s).await;
+        // Readable once committed: a commit that shows a later event shows them too.
+        s.append("t", vec![event("later", None)]).await.unwrap();
+        readable_events(&s, 1).await;
+        pages_through_five(&s).await;
     }
 
     /// An op the writer took and never answered may have been applied: its outcome is unknown.
@@ -1936,7 +2019,7 @@ mod tests {
             .await
             .unwrap();
             readable_events(&s, 0).await;
-            assert_eq!(s.dead_letters("t", 10).await.unwrap().len(), 1);
+            assert_eq!(s.dead_letters("t", 0, 10).await.unwrap().letters.len(), 1);
         }
         // Reopen: state survives, sequence numbers keep rising.
         let s = RedbStore::open(&path, Fsync::Batch).unwrap();
@@ -1954,7 +2037,7 @@ mod tests {
         assert_eq!(replayed.len(), 1);
         assert_eq!(replayed[0].seq, 3);
         assert_eq!(replayed[0].event.deadline_ms, None);
-        assert!(s.dead_letters("t", 10).await.unwrap().is_empty());
+        assert!(s.dead_letters("t", 0, 10).await.unwrap().letters.is_empty());
         assert_eq!(s.recover().await.unwrap()["t"].backlog_events, 1);
         // Dead again, then purged: gone for good, also after a restart.
         let dead = |stored: StoredEvent| DeadEvent {
@@ -1975,7 +2058,7 @@ mod tests {
         );
         drop(s);
         let s = RedbStore::open(&path, Fsync::Batch).unwrap();
-        assert!(s.dead_letters("t", 10).await.unwrap().is_empty());
+        assert!(s.dead_letters("t", 0, 10).await.unwrap().letters.is_empty());
         assert_eq!(s.recover().await.unwrap()["t"], TopicState::default());
     }
 }
@@ -2060,10 +2143,16 @@ impl Store for MemoryStore {
     fn dead_letters(
         &self,
         topic: &str,
+        after: u64,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
-        let out = self.with(topic, |t| t.dead.values().take(max).cloned().collect());
-        Box::pin(std::future::ready(Ok(out)))
+    ) -> BoxFuture<'_, Result<DeadPage, StoreError>> {
+        let rows = self.with(topic, |t| {
+            (t.dead.range(after.saturating_add(1)..))
+                .take(max.saturating_add(1))
+                .map(|(k, d)| (*k, d.clone()))
+                .collect()
+        });
+        Box::pin(std::future::ready(Ok(DeadPage::cut(rows, max))))
     }
 
     fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
@@ -2189,9 +2278,10 @@ pub mod testing {
         fn dead_letters(
             &self,
             topic: &str,
+            after: u64,
             max: usize,
-        ) -> BoxFuture<'_, Result<Vec<DeadEvent>, StoreError>> {
-            self.inner.dead_letters(topic, max)
+        ) -> BoxFuture<'_, Result<DeadPage, StoreError>> {
+            self.inner.dead_letters(topic, after, max)
         }
         fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
             self.replays.fetch_add(1, Ordering::AcqRel);

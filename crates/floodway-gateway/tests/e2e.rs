@@ -149,6 +149,11 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
             400,
             "bad query string",
         ),
+        (
+            client.get(format!("{}/v1/topics/orders/dead-letters?limit=0", gw.url)),
+            400,
+            "limit must be 1 to 1000, not 0",
+        ),
     ];
     for (req, status, needle) in cases {
         let r = req.send().await.unwrap();

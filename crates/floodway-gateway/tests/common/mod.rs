@@ -194,9 +194,15 @@ async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
     req.send().await.unwrap().json().await.unwrap()
 }
 
-/// Sends `body` to `orders` through `ingest` with a TTL of `ttl` and waits until it is the one
-/// dead letter at `dl_url`.
-async fn dies(client: &reqwest::Client, ingest: &str, dl_url: &str, ttl: &str, body: &str) {
+/// Sends `body` to `orders` through `ingest` with a TTL of `ttl` and waits until `dl_url` lists
+/// `dead` dead letters.
+async fn dies(
+    client: &reqwest::Client,
+    (ingest, dl_url): (&str, &str),
+    ttl: &str,
+    body: &str,
+    dead: usize,
+) {
     let url = format!("{ingest}/v1/topics/orders/events");
     let r = post_json_with(client, &url, &[("floodway-ttl", ttl)], body).await;
     assert_eq!(r.status(), 202);
@@ -206,7 +212,7 @@ async fn dies(client: &reqwest::Client, ingest: &str, dl_url: &str, ttl: &str, b
         || async {
             get_json(dl_url).await["dead_letters"]
                 .as_array()
-                .is_some_and(|a| a.len() == 1)
+                .is_some_and(|a| a.len() == dead)
         },
     )
     .await;
@@ -215,7 +221,7 @@ async fn dies(client: &reqwest::Client, ingest: &str, dl_url: &str, ttl: &str, b
 pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
     let client = reqwest::Client::new();
     let dl_url = format!("{admin}/v1/topics/orders/dead-letters");
-    dies(&client, ingest, &dl_url, "300ms", r#"{"late":true}"#).await;
+    dies(&client, (ingest, &dl_url), "300ms", r#"{"late":true}"#, 1).await;
     let dl = get_json(&dl_url).await;
     assert_eq!(dl["dead_letters"][0]["reason"], "expired");
     assert_eq!(dl["dead_letters"][0]["body"]["late"], true);
@@ -241,17 +247,33 @@ pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
         || async { sink_ids(sink, "orders").await.contains(&new_id) },
     )
     .await;
-    // An event dead on arrival (a TTL of 0), then purged: gone from the dead letters, counted.
-    dies(&client, ingest, &dl_url, "0s", r#"{"doomed":true}"#).await;
+    // Three events dead on arrival (a TTL of 0), read a page of two at a time, then purged: gone
+    // from the dead letters, counted.
+    for n in 0..3 {
+        let body = format!(r#"{{"doomed":{n}}}"#);
+        dies(&client, (ingest, &dl_url), "0s", &body, n + 1).await;
+    }
+    let first = get_json(&format!("{dl_url}?limit=2")).await;
+    let next = first["next"].as_u64().expect("a cursor to the second page");
+    let second = get_json(&format!("{dl_url}?limit=2&after={next}")).await;
+    assert_eq!(second["next"], serde_json::Value::Null, "{second}");
+    let doomed: Vec<_> = [&first, &second]
+        .iter()
+        .flat_map(|page| page["dead_letters"].as_array().unwrap())
+        .map(|d| d["body"]["doomed"].clone())
+        .collect();
+    assert_eq!(doomed, [0, 1, 2].map(serde_json::Value::from));
+    // Dead before any delivery was tried: no last error.
+    assert_eq!(first["dead_letters"][0]["error"], serde_json::Value::Null);
     let purged = json_of(client.delete(&dl_url)).await;
-    assert_eq!(purged["purged"], 1);
+    assert_eq!(purged["purged"], 3);
     assert_eq!(
         get_json(&dl_url).await["dead_letters"],
         serde_json::json!([])
     );
     wait_for(Duration::from_secs(10), "the purge counted", || async {
         let t = get_json(&topic_url).await;
-        t["dead_letters"] == 0 && t["purged"] == 1
+        t["dead_letters"] == 0 && t["purged"] == 3
     })
     .await;
 }

@@ -25,8 +25,8 @@ use futures_util::StreamExt;
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
     Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, DeadPage, Feed, Lease, Leased, NewEvent,
-    Purged, Settle, Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode,
-    encode_dead,
+    Pager, Purged, Settle, Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode,
+    encode_dead, wanted,
 };
 use crate::{Locked, RwLocked};
 
@@ -58,6 +58,37 @@ struct Handles {
     consumer_config: consumer::pull::Config,
     /// The dead stream's message count, and when it was read.
     dead_seen: std::sync::Mutex<Option<(tokio::time::Instant, (u64, u64))>>,
+}
+
+impl Handles {
+    /// The first dead letter at sequence `seq` or after (up to `last`, if given), decoded, with
+    /// its sequence.
+    async fn dead_from(
+        &self,
+        seq: u64,
+        last: Option<u64>,
+    ) -> Result<Option<(u64, DeadEvent)>, StoreError> {
+        match self
+            .dead
+            .get_first_raw_message_by_subject(&self.dead_subject, seq)
+            .await
+        {
+            Ok(m) if last.is_none_or(|l| m.sequence <= l) => {
+                Ok(Some((m.sequence, decode_dead(&m.payload)?)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// The dead stream's last sequence now: an operation on the dead letters there takes only
+    /// those, so that a replayed event that dies again (its TTL still past) waits for the next
+    /// replay instead of looping.
+    async fn dead_last(&self) -> Result<u64, StoreError> {
+        let info = self.dead.get_info().await.map_err(unavailable)?;
+        Ok(info.state.last_sequence)
+    }
 }
 
 /// The NATS JetStream backend.
@@ -350,110 +381,101 @@ impl Store for NatsStore {
         })
     }
 
-    fn dead_letters(
-        &self,
-        topic: &str,
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
         after: u64,
         max: usize,
-    ) -> BoxFuture<'_, Result<DeadPage, StoreError>> {
+    ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
         let handles = self.handles(topic);
         Box::pin(async move {
             let h = handles?;
-            // One past the page, to tell whether there is a next one. The position is the dead
-            // letter's sequence in its stream.
-            let mut rows = Vec::new();
-            let mut seq = after.saturating_add(1);
-            while rows.len() <= max {
-                match h
-                    .dead
-                    .get_first_raw_message_by_subject(&h.dead_subject, seq)
-                    .await
-                {
-                    Ok(m) => {
-                        rows.push((m.sequence, decode_dead(&m.payload)?));
-                        match m.sequence.checked_add(1) {
-                            Some(s) => seq = s,
-                            None => break,
-                        }
-                    }
-                    Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                        break;
-                    }
-                    Err(e) => return Err(unavailable(e)),
+            // A letter's position is its sequence in the dead stream.
+            let mut pager = Pager::new(reason, max);
+            let mut seq = after.checked_add(1);
+            while let Some(from) = seq {
+                let Some((at, letter)) = h.dead_from(from, None).await? else {
+                    break;
+                };
+                if !pager.offer(at, letter) {
+                    break;
                 }
+                seq = at.checked_add(1);
             }
-            Ok(DeadPage::cut(rows, max))
+            Ok(pager.page())
         })
     }
 
-    fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+    fn replay<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
         let handles = self.handles(topic);
         Box::pin(async move {
             let h = handles?;
-            // Only the dead letters there now: a replayed event that dies again (its TTL is
-            // still past) waits for the next replay instead of looping.
-            let last = h
-                .dead
-                .get_info()
-                .await
-                .map_err(unavailable)?
-                .state
-                .last_sequence;
+            let last = h.dead_last().await?;
             let mut out = Vec::new();
-            loop {
-                let m = match h
-                    .dead
-                    .get_first_raw_message_by_subject(&h.dead_subject, 1)
-                    .await
-                {
-                    Ok(m) if m.sequence <= last => m,
-                    Ok(_) => return Ok(out),
-                    Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                        return Ok(out);
-                    }
-                    Err(e) => return Err(unavailable(e)),
-                };
-                let mut event = decode_dead(&m.payload)?.stored.event;
+            let mut seq = 1;
+            while let Some((at, letter)) = h.dead_from(seq, Some(last)).await? {
+                seq = at + 1;
+                if !wanted(reason, &letter) {
+                    continue;
+                }
+                let mut event = letter.stored.event;
                 // A replay is a decision to deliver: a TTL that had passed no longer applies.
                 event.deadline_ms = None;
                 let mut payload = Vec::new();
                 encode(&event, &mut payload);
                 // Keyed by the dead letter: a replay interrupted between publishing and deleting
                 // and then repeated does not store the event twice.
-                let id = format!("replay-{}", m.sequence);
+                let id = format!("replay-{at}");
                 let ack = self
                     .publish(&h.subject, payload, Some(&id))
                     .await?
                     .await
                     .map_err(publish_error)?;
-                h.dead
-                    .delete_message(m.sequence)
-                    .await
-                    .map_err(unavailable)?;
+                h.dead.delete_message(at).await.map_err(unavailable)?;
                 out.push(StoredEvent {
                     seq: ack.sequence,
                     event,
                 });
             }
+            Ok(out)
         })
     }
 
-    fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>> {
+    fn purge_dead<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Purged, StoreError>> {
         let handles = self.handles(topic);
         Box::pin(async move {
             let h = handles?;
-            let r = h
-                .dead
-                .purge()
-                .filter(h.dead_subject.clone())
-                .await
-                .map_err(unavailable)?;
+            let events = match reason {
+                // All of them: the stream drops the subject's messages at once.
+                None => {
+                    let r = h.dead.purge().filter(h.dead_subject.clone()).await;
+                    r.map_err(unavailable)?.purged
+                }
+                Some(_) => {
+                    let last = h.dead_last().await?;
+                    let (mut purged, mut seq) = (0, 1);
+                    while let Some((at, letter)) = h.dead_from(seq, Some(last)).await? {
+                        seq = at + 1;
+                        if wanted(reason, &letter) {
+                            h.dead.delete_message(at).await.map_err(unavailable)?;
+                            purged += 1;
+                        }
+                    }
+                    purged
+                }
+            };
             // The next backlog read asks the stream again rather than report the old count.
             *h.dead_seen.locked() = None;
-            Ok(Purged {
-                events: r.purged,
-                bytes: 0,
-            })
+            Ok(Purged { events, bytes: 0 })
         })
     }
 

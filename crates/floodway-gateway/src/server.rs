@@ -24,7 +24,7 @@ use crate::conn::{Connections, Limited};
 use crate::problem::Problem;
 use crate::sink::Sink;
 use crate::store::{Appended, BoxFuture, NewEvent, Store, StoreError, TopicState, now_ms};
-use crate::topic::{Refusal, Reservation, Topic};
+use crate::topic::{DEAD_REASONS, Refusal, Reservation, Topic};
 
 /// At most this many topics are created on first use; beyond it, new names are refused.
 const MAX_AUTO_TOPICS: usize = 1024;
@@ -223,6 +223,40 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TopicName {
                 "bad topic in the path: {}",
                 e.body_text()
             ))),
+        }
+    }
+}
+
+/// The query of a dead-letter request. One that does not parse, or names a reason not in
+/// [`DEAD_REASONS`], is a `400` problem.
+struct DeadQuery<T>(T);
+
+/// A query that may name a dead-letter reason.
+trait Reasoned {
+    fn reason(&self) -> Option<&str>;
+}
+
+impl<S, T> axum::extract::FromRequestParts<S> for DeadQuery<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Reasoned,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        let bad = |what: String| Problem::bad_request(format!("bad query string: {what}"));
+        let Query(q) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| bad(e.body_text()))?;
+        match q.reason() {
+            Some(r) if !DEAD_REASONS.contains(&r) => Err(bad(format!(
+                "reason must be one of {}, not {r:?}",
+                DEAD_REASONS.join(", ")
+            ))),
+            _ => Ok(DeadQuery(q)),
         }
     }
 }
@@ -803,6 +837,25 @@ async fn show_topic(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) 
 struct ListQuery {
     limit: Option<usize>,
     after: Option<u64>,
+    reason: Option<String>,
+}
+
+/// The dead letters an operation takes: all, or those of `?reason=`.
+#[derive(Deserialize)]
+struct ReasonQuery {
+    reason: Option<String>,
+}
+
+impl Reasoned for ListQuery {
+    fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+}
+
+impl Reasoned for ReasonQuery {
+    fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
 }
 
 /// Dead letters per page when the query names no `limit`, and the most it may name.
@@ -812,15 +865,8 @@ const DEAD_PAGE_MAX: usize = 1000;
 async fn dead_letters(
     State(gw): State<Arc<Gateway>>,
     TopicName(name): TopicName,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    DeadQuery(q): DeadQuery<ListQuery>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => {
-            return Problem::bad_request(format!("bad query string: {}", e.body_text()))
-                .into_response();
-        }
-    };
     if gw.existing(&name).is_none() {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     }
@@ -832,9 +878,10 @@ async fn dead_letters(
         .into_response();
     }
     let limit = limit.min(DEAD_PAGE_MAX);
+    let after = q.after.unwrap_or(0);
     match gw
         .store
-        .dead_letters(&name, q.after.unwrap_or(0), limit)
+        .dead_letters(&name, q.reason.as_deref(), after, limit)
         .await
     {
         Ok(page) => {
@@ -861,39 +908,58 @@ async fn dead_letters(
     }
 }
 
-async fn replay(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) -> Response {
-    let Some(topic) = gw.existing(&name) else {
-        return Problem::not_found(format!("unknown topic {name:?}")).into_response();
-    };
-    let store = gw.store.clone();
-    let replay = async move {
-        let events = store.replay(&topic.name).await?;
+async fn replay(
+    State(gw): State<Arc<Gateway>>,
+    TopicName(name): TopicName,
+    DeadQuery(q): DeadQuery<ReasonQuery>,
+) -> Response {
+    let replay = |store: Arc<dyn Store>, topic: Arc<Topic>, reason: Option<String>| async move {
+        let events = store.replay(&topic.name, reason.as_deref()).await?;
         topic.record_replayed(&events);
         Ok(events)
     };
-    match to_the_end(replay).await {
+    match on_dead_letters(&gw, &name, q.reason, replay).await {
         Ok(events) => {
             let ids: Vec<String> = events.iter().map(|e| e.seq.to_string()).collect();
             axum::Json(json!({ "replayed": events.len(), "ids": ids })).into_response()
         }
-        Err(p) => p.into_response(),
+        Err(r) => r,
     }
 }
 
-async fn purge(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) -> Response {
-    let Some(topic) = gw.existing(&name) else {
-        return Problem::not_found(format!("unknown topic {name:?}")).into_response();
-    };
-    let store = gw.store.clone();
-    let purge = async move {
-        let purged = store.purge_dead(&topic.name).await?;
+async fn purge(
+    State(gw): State<Arc<Gateway>>,
+    TopicName(name): TopicName,
+    DeadQuery(q): DeadQuery<ReasonQuery>,
+) -> Response {
+    let purge = |store: Arc<dyn Store>, topic: Arc<Topic>, reason: Option<String>| async move {
+        let purged = store.purge_dead(&topic.name, reason.as_deref()).await?;
         topic.record_purged(purged);
         Ok(purged)
     };
-    match to_the_end(purge).await {
+    match on_dead_letters(&gw, &name, q.reason, purge).await {
         Ok(p) => axum::Json(json!({ "purged": p.events })).into_response(),
-        Err(p) => p.into_response(),
+        Err(r) => r,
     }
+}
+
+/// A replay or a purge of topic `name`'s dead letters (those of `reason` only, if given): `op` is
+/// given the store, the topic and the reason, and runs to the end.
+async fn on_dead_letters<T, F>(
+    gw: &Gateway,
+    name: &str,
+    reason: Option<String>,
+    op: impl FnOnce(Arc<dyn Store>, Arc<Topic>, Option<String>) -> F,
+) -> Result<T, Response>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    let Some(topic) = gw.existing(name) else {
+        return Err(Problem::not_found(format!("unknown topic {name:?}")).into_response());
+    };
+    let work = op(gw.store.clone(), topic, reason);
+    to_the_end(work).await.map_err(IntoResponse::into_response)
 }
 
 /// Runs `work` (a store operation and the topic's count of it) on a task of its own: should the
@@ -1324,7 +1390,12 @@ retry = { max_attempts = 1 }
         ] {
             assert!(r.contains(line), "{line:?} in {r}");
         }
-        let kept = gw.store.dead_letters("t", 0, 10).await.unwrap().letters;
+        let kept = gw
+            .store
+            .dead_letters("t", None, 0, 10)
+            .await
+            .unwrap()
+            .letters;
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].stored.seq, 2);
     }

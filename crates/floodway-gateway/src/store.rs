@@ -136,19 +136,69 @@ pub struct DeadPage {
     pub next: Option<u64>,
 }
 
-impl DeadPage {
-    /// The page from `rows` (each dead letter with its position, in order): the first `max`, and
-    /// a `next` if there are more. `rows` should hold `max + 1` if there are that many, so that
-    /// a page that ends exactly at the last letter says it is the last.
-    pub fn cut(mut rows: Vec<(u64, DeadEvent)>, max: usize) -> Self {
-        let more = rows.len() > max;
-        rows.truncate(max);
-        let next = if more { rows.last().map(|r| r.0) } else { None };
-        DeadPage {
-            letters: rows.into_iter().map(|r| r.1).collect(),
-            next,
+/// Dead letters a page looks at, at most, when only those of one reason are wanted: a page of
+/// a rare reason stops there, short or even empty, with a `next` to go on from, so that no one
+/// request reads a whole large dead-letter store.
+pub const PAGE_SCAN: usize = 10_000;
+
+/// Builds one [`DeadPage`] from a topic's dead letters, offered in order.
+#[derive(Debug)]
+pub struct Pager<'a> {
+    reason: Option<&'a str>,
+    max: usize,
+    letters: Vec<DeadEvent>,
+    /// The position of the last letter looked at.
+    last: Option<u64>,
+    looked: usize,
+    next: Option<u64>,
+}
+
+impl<'a> Pager<'a> {
+    /// A page of up to `max` (at least 1) dead letters, of `reason` only if one is given.
+    pub fn new(reason: Option<&'a str>, max: usize) -> Self {
+        Pager {
+            reason,
+            max: max.max(1),
+            letters: Vec::new(),
+            last: None,
+            looked: 0,
+            next: None,
         }
     }
+
+    /// Offers the dead letter at position `pos`, the one after the last offered; false once the
+    /// page is done (the caller offers no more, and the page's `next` is set if more may follow).
+    pub fn offer(&mut self, pos: u64, letter: DeadEvent) -> bool {
+        let wanted = wanted(self.reason, &letter);
+        if wanted && self.letters.len() == self.max {
+            // One more for a full page: the next page starts after the last one looked at.
+            self.next = self.last;
+            return false;
+        }
+        self.last = Some(pos);
+        self.looked += 1;
+        if wanted {
+            self.letters.push(letter);
+        }
+        if self.reason.is_some() && self.looked == PAGE_SCAN {
+            self.next = Some(pos);
+            return false;
+        }
+        true
+    }
+
+    /// The page.
+    pub fn page(self) -> DeadPage {
+        DeadPage {
+            letters: self.letters,
+            next: self.next,
+        }
+    }
+}
+
+/// Whether `letter` is one an operation for `reason` (all, if `None`) takes.
+pub fn wanted(reason: Option<&str>, letter: &DeadEvent) -> bool {
+    reason.is_none_or(|r| letter.reason == r)
 }
 
 /// The result of appending one event.
@@ -202,18 +252,29 @@ pub trait Store: Send + Sync + 'static {
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Moves an event to the topic's dead letters.
     fn dead_letter(&self, topic: &str, dead: DeadEvent) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Up to `max` dead letters of `topic` past position `after` (0: from the first), oldest
-    /// first, and where the next page starts.
-    fn dead_letters(
-        &self,
-        topic: &str,
+    /// A page of `topic`'s dead letters (of `reason` only, if given) past position `after` (0:
+    /// from the first), oldest first, as a [`Pager`] of `max` makes it.
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
         after: u64,
         max: usize,
-    ) -> BoxFuture<'_, Result<DeadPage, StoreError>>;
-    /// Moves every dead letter of `topic` back for delivery, with new ids; returns them.
-    fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
-    /// Removes every dead letter of `topic` for good (the operator's decision).
-    fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>>;
+    ) -> BoxFuture<'a, Result<DeadPage, StoreError>>;
+    /// Moves every dead letter of `topic` (of `reason` only, if given) back for delivery, with
+    /// new ids; returns them.
+    fn replay<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>>;
+    /// Removes every dead letter of `topic` (of `reason` only, if given) for good (the operator's
+    /// decision).
+    fn purge_dead<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Purged, StoreError>>;
     /// Every topic with stored state, and what it holds.
     fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>>;
     /// True while the store accepts writes.
@@ -504,8 +565,8 @@ enum Op {
     Append(String, Vec<NewEvent>, Reply<Vec<Appended>>),
     Ack(String, Vec<u64>, Reply<()>),
     Dead(String, DeadEvent, Reply<()>),
-    Replay(String, Reply<Vec<StoredEvent>>),
-    Purge(String, Reply<Purged>),
+    Replay(String, Option<String>, Reply<Vec<StoredEvent>>),
+    Purge(String, Option<String>, Reply<Purged>),
 }
 
 /// What an op will send back once its transaction commits.
@@ -617,22 +678,26 @@ impl Db {
     }
 
     /// Up to `max` dead letters of `topic`, oldest first.
-    fn read_dead(&self, topic: &str, after: u64, max: usize) -> Result<DeadPage, StoreError> {
+    fn read_dead(
+        &self,
+        topic: &str,
+        reason: Option<&str>,
+        after: u64,
+        max: usize,
+    ) -> Result<DeadPage, StoreError> {
         let Some(first) = after.checked_add(1) else {
             return Ok(DeadPage::default());
         };
         self.read(|txn| {
             let t = txn.open_table(DEAD).map_err(err)?;
-            let mut rows = Vec::new();
-            for row in t
-                .range((topic, first)..=(topic, u64::MAX))
-                .map_err(err)?
-                .take(max.saturating_add(1))
-            {
+            let mut pager = Pager::new(reason, max);
+            for row in t.range((topic, first)..=(topic, u64::MAX)).map_err(err)? {
                 let (k, v) = row.map_err(err)?;
-                rows.push((k.value().1, decode_dead(v.value())?));
+                if !pager.offer(k.value().1, decode_dead(v.value())?) {
+                    break;
+                }
             }
-            Ok(DeadPage::cut(rows, max))
+            Ok(pager.page())
         })
     }
 
@@ -1307,7 +1372,7 @@ impl Writer {
                             )?;
                             outcomes.push(Outcome::Unit(reply));
                         }
-                        Op::Replay(topic, reply) => {
+                        Op::Replay(topic, reason, reply) => {
                             let dead = opened(&mut dead, txn, DEAD)?;
                             let events = opened(&mut events, txn, EVENTS)?;
                             let mut moved = Vec::new();
@@ -1319,6 +1384,9 @@ impl Writer {
                                 .map_err(err)?;
                             for (old, bytes) in rows {
                                 let d = decode_dead(&bytes)?;
+                                if !wanted(reason.as_deref(), &d) {
+                                    continue;
+                                }
                                 dead.remove((topic.as_str(), old)).map_err(err)?;
                                 let seq = take_seq(&mut self.next, &topic);
                                 let mut event = d.stored.event;
@@ -1336,18 +1404,20 @@ impl Writer {
                             }
                             outcomes.push(Outcome::Replayed(reply, moved));
                         }
-                        Op::Purge(topic, reply) => {
+                        Op::Purge(topic, reason, reply) => {
                             let dead = opened(&mut dead, txn, DEAD)?;
                             let mut purged = Purged::default();
-                            let rows: Vec<(u64, u64)> = dead
+                            let mut rows: Vec<(u64, u64)> = Vec::new();
+                            for r in dead
                                 .range((topic.as_str(), 0)..=(topic.as_str(), u64::MAX))
                                 .map_err(err)?
-                                .map(|r| {
-                                    let (k, v) = r.map_err(err)?;
-                                    let body = decode_dead(v.value())?.stored.event.body.len();
-                                    Ok((k.value().1, body as u64))
-                                })
-                                .collect::<Result<_, StoreError>>()?;
+                            {
+                                let (k, v) = r.map_err(err)?;
+                                let d = decode_dead(v.value())?;
+                                if wanted(reason.as_deref(), &d) {
+                                    rows.push((k.value().1, d.stored.event.body.len() as u64));
+                                }
+                            }
                             for (seq, bytes) in rows {
                                 dead.remove((topic.as_str(), seq)).map_err(err)?;
                                 purged.events += 1;
@@ -1393,8 +1463,8 @@ impl Writer {
                             drop(r.send(Err(e.clone())));
                         }
                         Op::Dead(_, _, r) => drop(r.send(Err(e.clone()))),
-                        Op::Replay(_, r) => drop(r.send(Err(e.clone()))),
-                        Op::Purge(_, r) => drop(r.send(Err(e.clone()))),
+                        Op::Replay(_, _, r) => drop(r.send(Err(e.clone()))),
+                        Op::Purge(_, _, r) => drop(r.send(Err(e.clone()))),
                     }
                 }
                 Err((e, outcomes))
@@ -1491,23 +1561,34 @@ impl Store for RedbStore {
         Box::pin(self.call(move |r| Op::Dead(topic, dead, r)))
     }
 
-    fn dead_letters(
-        &self,
-        topic: &str,
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
         after: u64,
         max: usize,
-    ) -> BoxFuture<'_, Result<DeadPage, StoreError>> {
-        Box::pin(std::future::ready(self.db.read_dead(topic, after, max)))
+    ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
+        Box::pin(std::future::ready(
+            self.db.read_dead(topic, reason, after, max),
+        ))
     }
 
-    fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
-        let topic = topic.to_owned();
-        Box::pin(self.call(move |r| Op::Replay(topic, r)))
+    fn replay<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
+        let (topic, reason) = (topic.to_owned(), reason.map(str::to_owned));
+        Box::pin(self.call(move |r| Op::Replay(topic, reason, r)))
     }
 
-    fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>> {
-        let topic = topic.to_owned();
-        Box::pin(self.call(move |r| Op::Purge(topic, r)))
+    fn purge_dead<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Purged, StoreError>> {
+        let (topic, reason) = (topic.to_owned(), reason.map(str::to_owned));
+        Box::pin(self.call(move |r| Op::Purge(topic, reason, r)))
     }
 
     fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
@@ -1806,7 +1887,10 @@ mod tests {
         // That transaction fails and is dropped.
         w.reload();
         assert_eq!(committed_seqs(&w.db), vec![2]);
-        assert_eq!(w.db.read_dead("t", 0, 10).unwrap().letters, vec![dead]);
+        assert_eq!(
+            w.db.read_dead("t", None, 0, 10).unwrap().letters,
+            vec![dead]
+        );
         // A synced commit forgets what it made durable.
         w.checkpoint().unwrap();
         assert_eq!(w.unsynced.len, 0);
@@ -1881,7 +1965,7 @@ mod tests {
         panic!("{n} events never became readable");
     }
 
-    /// Appends five events to `t` and dead-letters each.
+    /// Appends five events to `t` and dead-letters each: the odd ids shed, the even ones expired.
     async fn bury_five(s: &dyn Store) {
         let events: Vec<_> = (0..5).map(|i| event(&i.to_string(), None)).collect();
         let appended = s.append("t", events.clone()).await.unwrap();
@@ -1892,7 +1976,7 @@ mod tests {
             };
             let dead = DeadEvent {
                 stored,
-                reason: "shed".into(),
+                reason: if a.seq % 2 == 1 { "shed" } else { "expired" }.into(),
                 error: String::new(),
                 attempts: 0,
                 dead_ms: 1,
@@ -1901,25 +1985,43 @@ mod tests {
         }
     }
 
-    /// The five of [`bury_five`], a page at a time: each page starts past the cursor it was given
-    /// and gives the next one only if more follow.
+    /// The ids of a page of `t`'s dead letters, and its `next`.
+    async fn page(s: &dyn Store, reason: Option<&str>, after: u64, max: usize) -> PageIds {
+        let p = s.dead_letters("t", reason, after, max).await.unwrap();
+        (p.letters.iter().map(|d| d.stored.seq).collect(), p.next)
+    }
+
+    type PageIds = (Vec<u64>, Option<u64>);
+
+    /// The five of [`bury_five`], a page at a time: each page starts past the cursor it was
+    /// given and gives the next one only if more follow; then by reason, replayed and purged.
     async fn pages_through_five(s: &dyn Store) {
-        let page = |after, max| async move {
-            let p = s.dead_letters("t", after, max).await.unwrap();
-            let seqs: Vec<u64> = p.letters.iter().map(|d| d.stored.seq).collect();
-            (seqs, p.next)
-        };
-        assert_eq!(page(0, 2).await, (vec![1, 2], Some(2)));
-        assert_eq!(page(2, 2).await, (vec![3, 4], Some(4)));
-        assert_eq!(page(4, 2).await, (vec![5], None));
-        assert_eq!(page(0, 5).await, (vec![1, 2, 3, 4, 5], None));
-        assert_eq!(page(1, 3).await, (vec![2, 3, 4], Some(4)));
-        assert_eq!(page(5, 10).await, (vec![], None));
-        assert_eq!(page(u64::MAX, 10).await, (vec![], None));
+        assert_eq!(page(s, None, 0, 2).await, (vec![1, 2], Some(2)));
+        assert_eq!(page(s, None, 2, 2).await, (vec![3, 4], Some(4)));
+        assert_eq!(page(s, None, 4, 2).await, (vec![5], None));
+        assert_eq!(page(s, None, 0, 5).await, (vec![1, 2, 3, 4, 5], None));
+        assert_eq!(page(s, None, 1, 3).await, (vec![2, 3, 4], Some(4)));
+        assert_eq!(page(s, None, 5, 10).await, (vec![], None));
+        assert_eq!(page(s, None, u64::MAX, 10).await, (vec![], None));
+        // One reason: the next page starts after the last letter looked at.
+        let shed = Some("shed");
+        assert_eq!(page(s, shed, 0, 2).await, (vec![1, 3], Some(4)));
+        assert_eq!(page(s, shed, 4, 2).await, (vec![5], None));
+        assert_eq!(page(s, Some("expired"), 0, 5).await, (vec![2, 4], None));
+
+        let replayed = s.replay("t", Some("expired")).await.unwrap();
+        let bodies: Vec<&[u8]> = replayed.iter().map(|e| &e.event.body[..]).collect();
+        assert_eq!(bodies, [b"1", b"3"]);
+        assert_eq!(page(s, None, 0, 10).await, (vec![1, 3, 5], None));
+        let purged = s.purge_dead("t", Some("expired")).await.unwrap();
+        assert_eq!(purged.events, 0);
+        let purged = s.purge_dead("t", shed).await.unwrap();
+        assert_eq!((purged.events, purged.bytes), (3, 3));
+        assert_eq!(page(s, None, 0, 10).await, (vec![], None));
     }
 
     #[tokio::test]
-    async fn dead_letters_are_read_a_page_at_a_time() {
+    async fn dead_letters_are_read_a_page_at_a_time_and_taken_by_reason() {
         let m = MemoryStore::default();
         bury_five(&m).await;
         pages_through_five(&m).await;
@@ -1930,6 +2032,35 @@ mod tests {
         s.append("t", vec![event("later", None)]).await.unwrap();
         readable_events(&s, 1).await;
         pages_through_five(&s).await;
+    }
+
+    /// A page of one reason looks at no more than `PAGE_SCAN` letters, and then says where to go
+    /// on; a page of all of them is not cut short.
+    #[test]
+    fn a_page_of_a_rare_reason_stops_after_page_scan_letters() {
+        let letter = |reason: &str| DeadEvent {
+            stored: StoredEvent {
+                seq: 0,
+                event: event("x", None),
+            },
+            reason: reason.into(),
+            error: String::new(),
+            attempts: 0,
+            dead_ms: 0,
+        };
+        let mut rare = Pager::new(Some("permanent"), 10);
+        let mut all = Pager::new(None, 10);
+        for pos in 1..PAGE_SCAN as u64 {
+            assert!(rare.offer(pos, letter("shed")));
+        }
+        assert!(!rare.offer(PAGE_SCAN as u64, letter("permanent")));
+        let page = rare.page();
+        assert_eq!((page.letters.len(), page.next), (1, Some(PAGE_SCAN as u64)));
+        for pos in 1..=10 {
+            assert!(all.offer(pos, letter("shed")));
+        }
+        assert!(!all.offer(11, letter("shed")));
+        assert_eq!(all.page().next, Some(10));
     }
 
     /// An op the writer took and never answered may have been applied: its outcome is unknown.
@@ -2019,7 +2150,14 @@ mod tests {
             .await
             .unwrap();
             readable_events(&s, 0).await;
-            assert_eq!(s.dead_letters("t", 0, 10).await.unwrap().letters.len(), 1);
+            assert_eq!(
+                s.dead_letters("t", None, 0, 10)
+                    .await
+                    .unwrap()
+                    .letters
+                    .len(),
+                1
+            );
         }
         // Reopen: state survives, sequence numbers keep rising.
         let s = RedbStore::open(&path, Fsync::Batch).unwrap();
@@ -2033,11 +2171,11 @@ mod tests {
                 dead_bytes: 1,
             }
         );
-        let replayed = s.replay("t").await.unwrap();
+        let replayed = s.replay("t", None).await.unwrap();
         assert_eq!(replayed.len(), 1);
         assert_eq!(replayed[0].seq, 3);
         assert_eq!(replayed[0].event.deadline_ms, None);
-        assert!(s.dead_letters("t", 0, 10).await.unwrap().letters.is_empty());
+        assert_eq!(page(&s, None, 0, 10).await, (vec![], None));
         assert_eq!(s.recover().await.unwrap()["t"].backlog_events, 1);
         // Dead again, then purged: gone for good, also after a restart.
         let dead = |stored: StoredEvent| DeadEvent {
@@ -2048,7 +2186,7 @@ mod tests {
             dead_ms: 6,
         };
         s.dead_letter("t", dead(replayed[0].clone())).await.unwrap();
-        let purged = s.purge_dead("t").await.unwrap();
+        let purged = s.purge_dead("t", None).await.unwrap();
         assert_eq!(
             purged,
             Purged {
@@ -2058,7 +2196,7 @@ mod tests {
         );
         drop(s);
         let s = RedbStore::open(&path, Fsync::Batch).unwrap();
-        assert!(s.dead_letters("t", 0, 10).await.unwrap().letters.is_empty());
+        assert_eq!(page(&s, None, 0, 10).await, (vec![], None));
         assert_eq!(s.recover().await.unwrap()["t"], TopicState::default());
     }
 }
@@ -2140,24 +2278,36 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn dead_letters(
-        &self,
-        topic: &str,
+    fn dead_letters<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
         after: u64,
         max: usize,
-    ) -> BoxFuture<'_, Result<DeadPage, StoreError>> {
-        let rows = self.with(topic, |t| {
-            (t.dead.range(after.saturating_add(1)..))
-                .take(max.saturating_add(1))
-                .map(|(k, d)| (*k, d.clone()))
-                .collect()
+    ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
+        let page = self.with(topic, |t| {
+            let mut pager = Pager::new(reason, max);
+            for (k, d) in t.dead.range(after.saturating_add(1)..) {
+                if !pager.offer(*k, d.clone()) {
+                    break;
+                }
+            }
+            pager.page()
         });
-        Box::pin(std::future::ready(Ok(DeadPage::cut(rows, max))))
+        Box::pin(std::future::ready(Ok(page)))
     }
 
-    fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+    fn replay<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
         let out = self.with(topic, |t| {
-            let dead = std::mem::take(&mut t.dead);
+            let (dead, kept) = std::mem::take(&mut t.dead)
+                .into_iter()
+                .partition(|(_, d)| wanted(reason, d));
+            t.dead = kept;
+            let dead: std::collections::BTreeMap<u64, DeadEvent> = dead;
             dead.into_values()
                 .map(|d| {
                     t.next += 1;
@@ -2172,16 +2322,22 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(out)))
     }
 
-    fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>> {
+    fn purge_dead<'a>(
+        &'a self,
+        topic: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Purged, StoreError>> {
         let purged = self.with(topic, |t| {
-            let dead = std::mem::take(&mut t.dead);
-            Purged {
-                events: dead.len() as u64,
-                bytes: dead
-                    .values()
-                    .map(|d| d.stored.event.body.len() as u64)
-                    .sum(),
-            }
+            let mut purged = Purged::default();
+            t.dead.retain(|_, d| {
+                let gone = wanted(reason, d);
+                if gone {
+                    purged.events += 1;
+                    purged.bytes += d.stored.event.body.len() as u64;
+                }
+                !gone
+            });
+            purged
         });
         Box::pin(std::future::ready(Ok(purged)))
     }
@@ -2275,21 +2431,31 @@ pub mod testing {
         ) -> BoxFuture<'_, Result<(), StoreError>> {
             self.inner.dead_letter(topic, dead)
         }
-        fn dead_letters(
-            &self,
-            topic: &str,
+        fn dead_letters<'a>(
+            &'a self,
+            topic: &'a str,
+            reason: Option<&'a str>,
             after: u64,
             max: usize,
-        ) -> BoxFuture<'_, Result<DeadPage, StoreError>> {
-            self.inner.dead_letters(topic, after, max)
+        ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
+            self.inner.dead_letters(topic, reason, after, max)
         }
-        fn replay(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+        fn replay<'a>(
+            &'a self,
+            topic: &'a str,
+            reason: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
             self.replays.fetch_add(1, Ordering::AcqRel);
             let (inner, topic) = (self.inner.clone(), topic.to_owned());
-            self.after_gate(async move { inner.replay(&topic).await })
+            let reason = reason.map(str::to_owned);
+            self.after_gate(async move { inner.replay(&topic, reason.as_deref()).await })
         }
-        fn purge_dead(&self, topic: &str) -> BoxFuture<'_, Result<Purged, StoreError>> {
-            self.inner.purge_dead(topic)
+        fn purge_dead<'a>(
+            &'a self,
+            topic: &'a str,
+            reason: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<Purged, StoreError>> {
+            self.inner.purge_dead(topic, reason)
         }
         fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
             self.inner.recover()

@@ -28,6 +28,10 @@ use crate::store::{
     DeadEvent, Feed, Lease, Purged, Settle, Store, StoredEvent, TopicState, now_ms,
 };
 
+/// Why an event is dead-lettered: past its TTL, shed under overload, refused for good by the
+/// sink (a `4xx` other than `429`), out of delivery attempts.
+pub const DEAD_REASONS: [&str; 4] = ["expired", "shed", "permanent", "exhausted"];
+
 /// An event on its way to a worker, with its lease when the backlog is shared.
 #[derive(Debug)]
 pub struct Job {
@@ -1043,6 +1047,7 @@ impl Topic {
         bytes: u64,
         lease: Option<Box<dyn Lease>>,
     ) {
+        debug_assert!(DEAD_REASONS.contains(&reason), "{reason} is not listed");
         if !self.take_dead_room(bytes).await {
             // Stopping with the dead-letter store full: the event stays stored (a leased one goes
             // back at once for another process).

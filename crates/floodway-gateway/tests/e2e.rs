@@ -154,6 +154,14 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
             400,
             "limit must be 1 to 1000, not 0",
         ),
+        (
+            client.delete(format!(
+                "{}/v1/topics/orders/dead-letters?reason=old",
+                gw.url
+            )),
+            400,
+            "reason must be one of expired, shed, permanent, exhausted, not \"old\"",
+        ),
     ];
     for (req, status, needle) in cases {
         let r = req.send().await.unwrap();

@@ -238,7 +238,10 @@ pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
         get_json(&format!("{}/stats", sink.url)).await["rate"] == 100
     })
     .await;
-    let replayed = json_of(client.post(format!("{dl_url}/replay"))).await;
+    // A replay takes only the dead letters of the reason it names.
+    let none = json_of(client.post(format!("{dl_url}/replay?reason=permanent"))).await;
+    assert_eq!(none["replayed"], 0);
+    let replayed = json_of(client.post(format!("{dl_url}/replay?reason=expired"))).await;
     assert_eq!(replayed["replayed"], 1);
     let new_id = replayed["ids"][0].as_str().unwrap().to_owned();
     wait_for(
@@ -265,7 +268,12 @@ pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
     assert_eq!(doomed, [0, 1, 2].map(serde_json::Value::from));
     // Dead before any delivery was tried: no last error.
     assert_eq!(first["dead_letters"][0]["error"], serde_json::Value::Null);
-    let purged = json_of(client.delete(&dl_url)).await;
+    // So does a purge, and a listing.
+    let purged = json_of(client.delete(format!("{dl_url}?reason=shed"))).await;
+    assert_eq!(purged["purged"], 0);
+    let expired = get_json(&format!("{dl_url}?reason=expired")).await;
+    assert_eq!(expired["dead_letters"].as_array().unwrap().len(), 3);
+    let purged = json_of(client.delete(format!("{dl_url}?reason=expired"))).await;
     assert_eq!(purged["purged"], 3);
     assert_eq!(
         get_json(&dl_url).await["dead_letters"],

@@ -1568,9 +1568,12 @@ impl Store for RedbStore {
         after: u64,
         max: usize,
     ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
-        Box::pin(std::future::ready(
-            self.db.read_dead(topic, reason, after, max),
-        ))
+        // A page of one reason may read thousands of rows: off the runtime's workers.
+        let (db, topic, reason) = (self.db.clone(), topic.to_owned(), reason.map(str::to_owned));
+        let read = tokio::task::spawn_blocking(move || {
+            db.read_dead(&topic, reason.as_deref(), after, max)
+        });
+        Box::pin(async move { read.await.map_err(err)? })
     }
 
     fn replay<'a>(

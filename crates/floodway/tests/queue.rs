@@ -115,6 +115,28 @@ async fn block_waits_for_room_and_resumes_on_pop() {
     assert_conserved(&q);
 }
 
+/// The consumer of a larger queue gives room back in batches; room it still owes is room all the
+/// same: not counted in `len`, and found by a blocked push at once and by a non-blocking one.
+#[tokio::test(start_paused = true)]
+async fn room_a_consumer_still_owes_is_room() {
+    let (b, _dead) = builder::<u32>();
+    let q = b.max_items(64).overflow(Overflow::Block).build().unwrap();
+    for i in 0..64 {
+        q.try_push(i).unwrap();
+    }
+    assert_eq!(q.pop().await.unwrap().item, 0);
+    assert_eq!(q.len(), 63);
+    // No other pop comes to wake it: the push must see the room when it looks.
+    let pushed = tokio::time::timeout(ms(10), q.push(64)).await;
+    let admitted = pushed.expect("the push found the room").unwrap();
+    assert_eq!(admitted, Admitted::Queued { evicted: 0 });
+    assert_eq!(q.len(), 64);
+    assert!(matches!(q.try_push(65), Err(PushError::Full { .. })));
+    assert_eq!(q.pop().await.unwrap().item, 1);
+    q.try_push(66).unwrap();
+    assert_conserved(&q);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_push_dead_letters_its_item_and_holds_nothing() {
     let (b, dead) = builder::<u32>();

@@ -105,23 +105,27 @@ async fn every_policy_loses_and_duplicates_nothing_across_threads() {
         Overflow::DropOldest,
         Overflow::DropLowestPriority,
     ];
-    for policy in policies {
+    // Two shapes: a small queue bound by items and bytes, and a larger one bound by items
+    // alone, whose consumers give room back in batches (of 8 here).
+    let shapes = [(16, true), (256, false)];
+    for (policy, (max_items, weighed)) in policies.into_iter().flat_map(|p| shapes.map(|s| (p, s)))
+    {
         for close_after in [u64::MAX, PRODUCERS * PER_PRODUCER / 2] {
             let (b, graves) = common::builder::<(u64, u64)>();
-            let q = b
-                .max_items(16)
-                .max_bytes(40)
-                .weigher(|i: &(u64, u64)| i.1)
-                .overflow(policy)
-                .build()
-                .unwrap();
+            let mut b = b.max_items(max_items).overflow(policy);
+            if weighed {
+                b = b.max_bytes(40).weigher(|i: &(u64, u64)| i.1);
+            }
+            let q = b.build().unwrap();
             let blocking = policy == Overflow::Block;
             let out = tokio::time::timeout(
                 Duration::from_secs(30),
                 race(q.clone(), blocking, close_after),
             )
             .await
-            .unwrap_or_else(|_| panic!("{policy:?}: a producer or consumer never woke"));
+            .unwrap_or_else(|_| {
+                panic!("{policy:?}, {max_items} items: a producer or consumer never woke")
+            });
             let dead = graves.take().into_iter().map(|l| l.item.0).collect();
             check(&q, &out, dead);
             if close_after == u64::MAX {

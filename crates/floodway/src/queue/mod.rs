@@ -34,7 +34,10 @@
 //! A push that finds room does not take the queue's lock: it claims its room (item count and bytes)
 //! on an atomic counter and stages the item in a lock-free list for its class. Consumers serve from
 //! those lists directly, highest class first, under a lock that producers leave alone; so a
-//! producer and a consumer on two cores share little more than the room counter. Everything that
+//! producer and a consumer on two cores share little more than the room counter, and consumers
+//! give the count back in batches (up to 1/32 of the item bound), so even that line moves between
+//! them once per batch rather than once per item. Room still owed is room: a producer that would
+//! wait or be refused for it takes the lock, which settles the debt first. Everything that
 //! must see the whole queue at once (a full queue's overflow policy, CoDel, adaptive LIFO,
 //! [`Queue::expire`], [`Queue::stats`]) first moves the staged items into per-class deques under the
 //! lock, oldest first, and works there.

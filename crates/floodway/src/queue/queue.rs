@@ -177,15 +177,21 @@ impl<T> State<T> {
     }
 
     fn remove(&mut self, room: &Room, class: usize, from_back: bool) -> Entry<T> {
+        let e = self.unlink(class, from_back);
+        room.release(e.weight);
+        e
+    }
+
+    /// Takes an entry out of its class without giving its room back (the caller does).
+    fn unlink(&mut self, class: usize, from_back: bool) -> Entry<T> {
         let q = &mut self.classes[class];
         let e = if from_back {
             q.pop_back()
         } else {
             q.pop_front()
         };
-        let e = e.expect("remove called on an empty class");
+        let e = e.expect("unlink called on an empty class");
         self.class_bytes[class] -= e.weight;
-        room.release(e.weight);
         e
     }
 
@@ -255,6 +261,9 @@ struct Shared<T> {
     room: CachePadded<Room>,
     /// Items admitted so far; also the sequence number of the next one (producers).
     admitted: CachePadded<AtomicU64>,
+    /// Items taken by consumers whose room is not yet given back to `room.len` (written only
+    /// under the lock). See [`Shared::give_back`].
+    owed: CachePadded<AtomicUsize>,
     /// Producers waiting for room, and consumers waiting for items: written when one goes to sleep,
     /// read on every push and pop.
     push_waiters: CachePadded<Sleepers>,
@@ -304,8 +313,51 @@ impl<T> Shared<T> {
         self.weigher.as_ref().map_or(0, |w| w(item))
     }
 
+    /// Items queued: the room claimed less what consumers owe back. Exact under the lock; without
+    /// it, a moment's estimate.
     fn len(&self) -> usize {
-        self.room.len.load(SeqCst)
+        let owed = self.owed.load(SeqCst);
+        self.room.len.load(SeqCst).saturating_sub(owed)
+    }
+
+    /// Gives back the room of an item a consumer took (under the lock). Its bytes go back at
+    /// once; its count is owed and given back in batches. Every producer claims room on the line
+    /// `room.len` lives on, so a consumer that wrote it for every item would pull that line away
+    /// from the producers once per item; in batches, once per batch.
+    ///
+    /// Nothing waits for what is owed: producers only ever see less room than there is, and
+    ///
+    /// - the locked paths (admission, capacity, stats) settle the debt first;
+    /// - a consumer that finds the queue empty settles it;
+    /// - a producer about to sleep for room and a consumer that owes it use the handshake of
+    ///   [`Sleepers`]: the consumer records its debt, then looks for sleeping producers (and
+    ///   settles if there are any); the producer says it sleeps, then looks for a debt (and takes
+    ///   the locked path if there is one). One of the two sees the other: it is the
+    ///   store-buffering handshake the loom model in `sleepers.rs` checks, with the debt in the
+    ///   place of the staged item. So nothing is owed while a producer sleeps, and the room a
+    ///   sleeper waits for comes back through the usual release and wake-up.
+    #[inline]
+    fn give_back(&self, weight: u64) {
+        if weight > 0 {
+            self.room.bytes.fetch_sub(weight, SeqCst);
+        }
+        let owed = self.owed.load(Relaxed) + 1;
+        self.owed.store(owed, Relaxed);
+        // Batches of at most 1/32 of the item bound (and 64), so what is owed never keeps a
+        // producer from more than a sliver of the queue; a small queue gives back every item.
+        let batch = (self.max_items() / 32).min(64);
+        if owed >= batch || self.push_waiters.after_publish() {
+            self.settle_owed();
+        }
+    }
+
+    /// Gives back all the room consumers owe (under the lock).
+    fn settle_owed(&self) {
+        let owed = self.owed.load(Relaxed);
+        if owed > 0 {
+            self.room.len.fetch_sub(owed, SeqCst);
+            self.owed.store(0, Relaxed);
+        }
     }
 
     fn bytes(&self) -> u64 {
@@ -471,6 +523,8 @@ impl<T> Shared<T> {
         graves: &mut Graveyard<T>,
         may_wait: bool,
     ) -> Step<T> {
+        // Room the consumers owe is room: give it back before deciding there is none.
+        self.settle_owed();
         let refuse = |err: PushError<T>| {
             self.refused.count(&err);
             Step::Done(Err(err))
@@ -581,7 +635,7 @@ impl<T> Shared<T> {
             // class first, without moving it twice.
             for c in (0..CLASSES).rev() {
                 while let Some(e) = self.inbox[c].pop() {
-                    self.room.release(e.weight);
+                    self.give_back(e.weight);
                     if e.expired(now) {
                         st.bury(graves, e, DropReason::Expired, now);
                         continue;
@@ -589,14 +643,19 @@ impl<T> Shared<T> {
                     return Some(Self::serve(st, e, now));
                 }
             }
+            self.settle_owed();
             return None;
         }
         self.absorb(st);
         loop {
-            let c = st.highest_class()?;
+            let Some(c) = st.highest_class() else {
+                self.settle_owed();
+                return None;
+            };
             let front = st.classes[c].front().expect("class is not empty");
             if front.expired(now) {
-                let e = st.remove(&self.room, c, false);
+                let e = st.unlink(c, false);
+                self.give_back(e.weight);
                 st.bury(graves, e, DropReason::Expired, now);
                 continue;
             }
@@ -610,13 +669,15 @@ impl<T> Shared<T> {
                 if codel.on_dequeue(delay, now) == Verdict::Shed {
                     // Shed the least important work first: the oldest item of the lowest class.
                     let victim = st.lowest_class().expect("queue is not empty");
-                    let e = st.remove(&self.room, victim, false);
+                    let e = st.unlink(victim, false);
+                    self.give_back(e.weight);
                     st.bury(graves, e, DropReason::Shed, now);
                     continue;
                 }
                 from_back = self.lifo && codel.is_standing();
             }
-            let e = st.remove(&self.room, c, from_back);
+            let e = st.unlink(c, from_back);
+            self.give_back(e.weight);
             if e.expired(now) {
                 st.bury(graves, e, DropReason::Expired, now);
                 continue;
@@ -753,6 +814,7 @@ impl<T> Queue<T> {
                     bytes: AtomicU64::new(0),
                 }),
                 admitted: CachePadded::new(AtomicU64::new(0)),
+                owed: CachePadded::new(AtomicUsize::new(0)),
                 push_waiters: CachePadded::default(),
                 pop_waiters: CachePadded::default(),
                 refused: RefusalCounters::default(),
@@ -1018,6 +1080,7 @@ impl<T> Queue<T> {
         }
         {
             let _st = self.shared.lock();
+            self.shared.settle_owed();
             let limits = &self.shared.limits;
             limits.max_items.store(max_items, Release);
             limits
@@ -1082,6 +1145,7 @@ impl<T> Queue<T> {
         let shared = &*self.shared;
         let now = shared.epoch.now();
         let st = shared.lock();
+        shared.settle_owed();
         let refused = shared.refused.snapshot();
         // Every push ends admitted, refused, dead-lettered at the door, or cancelled; `offered` is
         // their sum, so the law below checks what became of what was admitted.
@@ -1200,13 +1264,20 @@ impl<T> PendingPush<'_, T> {
                     Step::Done(result) => Some(result),
                     Step::Wait(item) => {
                         // Room given back without the lock (a reservation undone) either is seen
-                        // here or wakes us.
-                        if self.wait_or_reserve(notified.as_mut()) {
-                            shared.insert(item, self.weight, self.meta, now);
-                            Some(Ok(Admitted::Queued { evicted: 0 }))
-                        } else {
-                            self.item = Some(item);
-                            None
+                        // here or wakes us. Nothing is owed: `admit` settled it, and consumers
+                        // owe only under this lock.
+                        match self.wait_or_reserve(notified.as_mut()) {
+                            Reserved::Yes => {
+                                shared.insert(item, self.weight, self.meta, now);
+                                Some(Ok(Admitted::Queued { evicted: 0 }))
+                            }
+                            Reserved::Waiting => {
+                                self.item = Some(item);
+                                None
+                            }
+                            Reserved::Owed => {
+                                unreachable!("nothing is owed under the lock after admit")
+                            }
                         }
                     }
                 }
@@ -1246,9 +1317,13 @@ impl<T> PendingPush<'_, T> {
         {
             return Unlocked::NeedsLock(item);
         }
-        if !self.wait_or_reserve(notified) {
-            self.item = Some(item);
-            return Unlocked::Waiting;
+        match self.wait_or_reserve(notified) {
+            Reserved::Yes => {}
+            Reserved::Owed => return Unlocked::NeedsLock(item),
+            Reserved::Waiting => {
+                self.item = Some(item);
+                return Unlocked::Waiting;
+            }
         }
         match shared.stage_reserved(item, self.weight, self.meta, now) {
             Ok(()) => {
@@ -1261,21 +1336,34 @@ impl<T> PendingPush<'_, T> {
         }
     }
 
-    /// Says this push waits (its wake-up armed first), then looks for room once more. True when
-    /// the room was reserved (no longer waiting); false when it waits, counted among the
-    /// sleepers, until `notified` fires.
+    /// Says this push waits (its wake-up armed first), then looks for room once more, and for
+    /// room the consumers owe (see [`Shared::give_back`]). When it waits, it is counted among
+    /// the sleepers until `notified` fires.
     #[inline]
-    fn wait_or_reserve(&mut self, notified: Pin<&mut Notified<'_>>) -> bool {
+    fn wait_or_reserve(&mut self, notified: Pin<&mut Notified<'_>>) -> Reserved {
         notified.enable();
         self.shared.push_waiters.enter();
         self.waiting = true;
         if self.shared.reserve(self.weight) {
             self.unregister();
-            true
+            Reserved::Yes
+        } else if self.shared.owed.load(Relaxed) > 0 {
+            self.unregister();
+            Reserved::Owed
         } else {
-            false
+            Reserved::Waiting
         }
     }
+}
+
+/// What [`PendingPush::wait_or_reserve`] found.
+enum Reserved {
+    /// Room, now reserved.
+    Yes,
+    /// No room, but consumers owe some: the locked path settles it (not waiting).
+    Owed,
+    /// No room: waiting for a wake-up.
+    Waiting,
 }
 
 /// Where [`PendingPush::wait_unlocked`] left a push.

@@ -5,7 +5,8 @@
 //!
 //! `FLOODWAY_PAIRED=ROUNDS` runs paired rounds instead of criterion (see `common/paired.rs`):
 //! governor and floodway take turns, each doing `CHECKS` checks per round, on the same clock kind,
-//! with each result kept whole and as a decision only.
+//! with each result kept whole and as a decision only, and once more against governor returning
+//! its state on success (what floodway's `Allowed` holds: the figures of the RateLimit headers).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -81,6 +82,14 @@ fn run_paired(rounds: usize) {
     let mono = governor::RateLimiter::direct_with_clock(quota, governor::clock::MonotonicClock);
     let quanta =
         governor::RateLimiter::direct_with_clock(quota, governor::clock::QuantaClock::default());
+    // governor returning its state on success, as floodway's `Allowed` carries the figures of
+    // the RateLimit headers: the same information on both sides.
+    let mono_info =
+        governor::RateLimiter::direct_with_clock(quota, governor::clock::MonotonicClock)
+            .with_middleware::<governor::middleware::StateInformationMiddleware>();
+    let quanta_info =
+        governor::RateLimiter::direct_with_clock(quota, governor::clock::QuantaClock::default())
+            .with_middleware::<governor::middleware::StateInformationMiddleware>();
     let mono_clocks = "monotonic clocks (floodway's default)";
     let counter_clocks = "counter clocks (Clock::tsc, governor's default)";
     for (label, kept, r) in [
@@ -103,6 +112,16 @@ fn run_paired(rounds: usize) {
             counter_clocks,
             "decision only",
             paired::ratios(rounds, &checks!(quanta, decision), &checks!(tsc, decision)),
+        ),
+        (
+            mono_clocks,
+            "whole result, governor with its state (StateInformationMiddleware)",
+            paired::ratios(rounds, &checks!(mono_info, whole), &checks!(ours, whole)),
+        ),
+        (
+            counter_clocks,
+            "whole result, governor with its state (StateInformationMiddleware)",
+            paired::ratios(rounds, &checks!(quanta_info, whole), &checks!(tsc, whole)),
         ),
     ] {
         println!(

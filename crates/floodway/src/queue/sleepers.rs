@@ -1,5 +1,6 @@
 //! The handshake between a task going to sleep and a thread that makes its wait pointless without
-//! taking the queue's lock (a push staging an item, a reservation given back).
+//! taking the queue's lock (a push staging an item, a reservation given back, a consumer owing
+//! room it took: see `Shared::give_back`).
 //!
 //! The sleeper says it sleeps ([`Sleepers::enter`]), then takes one last look at what it waits
 //! for; the other side changes the state, then looks for sleepers ([`Sleepers::after_publish`]).
@@ -62,7 +63,9 @@ mod loom_tests {
 
     /// One producer stages an item and looks for sleepers; one consumer says it sleeps and takes its
     /// last look. `staged` stands for the lock-free inbox, with the weakest ordering (the real one,
-    /// crossbeam's queue, publishes with release stores, which only helps).
+    /// crossbeam's queue, publishes with release stores, which only helps). The same model, roles
+    /// swapped, covers a consumer recording the room it owes (a relaxed store) and a producer
+    /// going to sleep for room.
     fn race(enter: fn(&Sleepers), after_publish: fn(&Sleepers) -> bool) {
         loom::model(move || {
             let sleepers = Arc::new(Sleepers::default());

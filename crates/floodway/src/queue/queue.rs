@@ -314,10 +314,11 @@ impl<T> Shared<T> {
     }
 
     /// Items queued: the room claimed less what consumers owe back. Exact under the lock; without
-    /// it, a moment's estimate.
+    /// it, a moment's estimate that errs high, never low: the claim is read first, so a debt
+    /// settled in between is subtracted from a claim that still holds it, or not at all.
     fn len(&self) -> usize {
-        let owed = self.owed.load(SeqCst);
-        self.room.len.load(SeqCst).saturating_sub(owed)
+        let claimed = self.room.len.load(SeqCst);
+        claimed.saturating_sub(self.owed.load(SeqCst))
     }
 
     /// Gives back the room of an item a consumer took (under the lock). Its bytes go back at

@@ -314,8 +314,8 @@ impl<T> Shared<T> {
     }
 
     /// Items queued: the room claimed less what consumers owe back. Exact under the lock; without
-    /// it, a moment's estimate that errs high, never low: the claim is read first, so a debt
-    /// settled in between is subtracted from a claim that still holds it, or not at all.
+    /// it, a moment's estimate that the debt never makes read low: the claim is read first, so a
+    /// debt settled in between is subtracted from a claim that still holds it, or not at all.
     fn len(&self) -> usize {
         let claimed = self.room.len.load(SeqCst);
         claimed.saturating_sub(self.owed.load(SeqCst))

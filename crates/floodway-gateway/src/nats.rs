@@ -25,8 +25,8 @@ use futures_util::StreamExt;
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
     Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, DeadPage, Feed, Lease, Leased, NewEvent,
-    Pager, Purged, Settle, Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode,
-    encode_dead, wanted,
+    Pager, Purged, Settle, Store, StoreError, StoredEvent, TopicState, dead_reason, decode,
+    decode_dead, encode, encode_dead, wanted,
 };
 use crate::{Locked, RwLocked};
 
@@ -61,21 +61,19 @@ struct Handles {
 }
 
 impl Handles {
-    /// The first dead letter at sequence `seq` or after (up to `last`, if given), decoded, with
+    /// The first dead letter at sequence `seq` or after (up to `last`, if given), as stored, with
     /// its sequence.
     async fn dead_from(
         &self,
         seq: u64,
         last: Option<u64>,
-    ) -> Result<Option<(u64, DeadEvent)>, StoreError> {
+    ) -> Result<Option<(u64, impl AsRef<[u8]> + use<>)>, StoreError> {
         match self
             .dead
             .get_first_raw_message_by_subject(&self.dead_subject, seq)
             .await
         {
-            Ok(m) if last.is_none_or(|l| m.sequence <= l) => {
-                Ok(Some((m.sequence, decode_dead(&m.payload)?)))
-            }
+            Ok(m) if last.is_none_or(|l| m.sequence <= l) => Ok(Some((m.sequence, m.payload))),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(unavailable(e)),
@@ -395,10 +393,10 @@ impl Store for NatsStore {
             let mut pager = Pager::new(reason, max);
             let mut seq = after.checked_add(1);
             while let Some(from) = seq {
-                let Some((at, letter)) = h.dead_from(from, None).await? else {
+                let Some((at, record)) = h.dead_from(from, None).await? else {
                     break;
                 };
-                if !pager.offer(at, letter) {
+                if !pager.offer_record(at, record.as_ref())? {
                     break;
                 }
                 seq = at.checked_add(1);
@@ -418,8 +416,9 @@ impl Store for NatsStore {
             let last = h.dead_last().await?;
             let mut out = Vec::new();
             let mut seq = 1;
-            while let Some((at, letter)) = h.dead_from(seq, Some(last)).await? {
+            while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
                 seq = at + 1;
+                let letter = decode_dead(record.as_ref())?;
                 if !wanted(reason, &letter) {
                     continue;
                 }
@@ -460,12 +459,12 @@ impl Store for NatsStore {
                     let r = h.dead.purge().filter(h.dead_subject.clone()).await;
                     r.map_err(unavailable)?.purged
                 }
-                Some(_) => {
+                Some(only) => {
                     let last = h.dead_last().await?;
                     let (mut purged, mut seq) = (0, 1);
-                    while let Some((at, letter)) = h.dead_from(seq, Some(last)).await? {
+                    while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
                         seq = at + 1;
-                        if wanted(reason, &letter) {
+                        if dead_reason(record.as_ref())? == only {
                             h.dead.delete_message(at).await.map_err(unavailable)?;
                             purged += 1;
                         }

@@ -141,12 +141,18 @@ pub struct DeadPage {
 /// request reads a whole large dead-letter store.
 pub const PAGE_SCAN: usize = 10_000;
 
+/// Event bodies a page holds, at most (but always one letter, however large): a page of a
+/// thousand large events would otherwise be an answer of a gigabyte.
+pub const PAGE_BYTES: usize = 4 << 20;
+
 /// Builds one [`DeadPage`] from a topic's dead letters, offered in order.
 #[derive(Debug)]
 pub struct Pager<'a> {
     reason: Option<&'a str>,
     max: usize,
     letters: Vec<DeadEvent>,
+    /// Their bodies' bytes.
+    bytes: usize,
     /// The position of the last letter looked at.
     last: Option<u64>,
     looked: usize,
@@ -160,6 +166,7 @@ impl<'a> Pager<'a> {
             reason,
             max: max.max(1),
             letters: Vec::new(),
+            bytes: 0,
             last: None,
             looked: 0,
             next: None,
@@ -169,17 +176,43 @@ impl<'a> Pager<'a> {
     /// Offers the dead letter at position `pos`, the one after the last offered; false once the
     /// page is done (the caller offers no more, and the page's `next` is set if more may follow).
     pub fn offer(&mut self, pos: u64, letter: DeadEvent) -> bool {
-        let wanted = wanted(self.reason, &letter);
-        if wanted && self.letters.len() == self.max {
-            // One more for a full page: the next page starts after the last one looked at.
+        if wanted(self.reason, &letter) {
+            self.take(pos, letter)
+        } else {
+            self.pass(pos)
+        }
+    }
+
+    /// [`offer`](Self::offer) for a letter as stored ([`encode_dead`]): decoded only if the page
+    /// takes it, so that a page of one reason does not decode the others' bodies.
+    ///
+    /// # Errors
+    /// A record that does not decode.
+    pub fn offer_record(&mut self, pos: u64, record: &[u8]) -> Result<bool, StoreError> {
+        match self.reason {
+            Some(r) if dead_reason(record)? != r => Ok(self.pass(pos)),
+            _ => Ok(self.take(pos, decode_dead(record)?)),
+        }
+    }
+
+    fn take(&mut self, pos: u64, letter: DeadEvent) -> bool {
+        let size = letter.stored.event.body.len();
+        let full = self.letters.len() == self.max
+            || (!self.letters.is_empty() && self.bytes + size > PAGE_BYTES);
+        if full {
+            // The next page starts after the last letter looked at.
             self.next = self.last;
             return false;
         }
+        self.bytes += size;
+        self.letters.push(letter);
+        self.pass(pos)
+    }
+
+    /// Counts the letter at `pos` as looked at.
+    fn pass(&mut self, pos: u64) -> bool {
         self.last = Some(pos);
         self.looked += 1;
-        if wanted {
-            self.letters.push(letter);
-        }
         if self.reason.is_some() && self.looked == PAGE_SCAN {
             self.next = Some(pos);
             return false;
@@ -449,6 +482,18 @@ pub fn encode_dead(d: &DeadEvent) -> Vec<u8> {
     out
 }
 
+/// The reason of a dead letter as stored ([`encode_dead`]), read without decoding the rest.
+///
+/// # Errors
+/// A record too short for it, or a reason that is not UTF-8.
+pub fn dead_reason(b: &[u8]) -> Result<&str, StoreError> {
+    let bad = || StoreError::Unavailable("corrupt dead-letter record".into());
+    let len = b.get(20..24).ok_or_else(bad)?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
+    let reason = b.get(24..24 + len).ok_or_else(bad)?;
+    std::str::from_utf8(reason).map_err(|_| bad())
+}
+
 pub fn decode_dead(b: &[u8]) -> Result<DeadEvent, StoreError> {
     let bad = || StoreError::Unavailable("corrupt dead-letter record".into());
     let u64_at = |at: usize| -> Result<u64, StoreError> {
@@ -693,7 +738,7 @@ impl Db {
             let mut pager = Pager::new(reason, max);
             for row in t.range((topic, first)..=(topic, u64::MAX)).map_err(err)? {
                 let (k, v) = row.map_err(err)?;
-                if !pager.offer(k.value().1, decode_dead(v.value())?) {
+                if !pager.offer_record(k.value().1, v.value())? {
                     break;
                 }
             }
@@ -2035,6 +2080,50 @@ mod tests {
         s.append("t", vec![event("later", None)]).await.unwrap();
         readable_events(&s, 1).await;
         pages_through_five(&s).await;
+    }
+
+    /// A page holds no more than `PAGE_BYTES` of bodies, but always one letter; a stored letter
+    /// of another reason is passed over without being decoded.
+    #[test]
+    fn a_page_is_bounded_in_bytes_and_decodes_only_what_it_takes() {
+        let letter = |reason: &str, size: usize| DeadEvent {
+            stored: StoredEvent {
+                seq: 0,
+                event: NewEvent {
+                    body: vec![b'x'; size],
+                    ..event("", None)
+                },
+            },
+            reason: reason.into(),
+            error: String::new(),
+            attempts: 0,
+            dead_ms: 0,
+        };
+        let half = PAGE_BYTES / 2;
+        let mut pager = Pager::new(None, 10);
+        assert!(pager.offer(1, letter("shed", half)));
+        assert!(pager.offer(2, letter("shed", half)));
+        assert!(!pager.offer(3, letter("shed", 1)));
+        let page = pager.page();
+        assert_eq!((page.letters.len(), page.next), (2, Some(2)));
+        // One letter larger than the budget still makes a page of its own.
+        let mut pager = Pager::new(None, 10);
+        assert!(pager.offer(1, letter("shed", PAGE_BYTES + 1)));
+        assert!(!pager.offer(2, letter("shed", 1)));
+        assert_eq!(pager.page().next, Some(1));
+
+        // Stored letters: the other reason's record is cut short after its reason, so decoding it
+        // would fail; passed over, it is not decoded.
+        let mut other = encode_dead(&letter("shed", 10));
+        other.truncate(24 + "shed".len());
+        let wanted = encode_dead(&letter("expired", 10));
+        let mut pager = Pager::new(Some("expired"), 10);
+        assert!(pager.offer_record(1, &other).unwrap());
+        assert!(pager.offer_record(2, &wanted).unwrap());
+        let page = pager.page();
+        assert_eq!(page.letters.len(), 1);
+        assert_eq!(page.letters[0].reason, "expired");
+        assert!(Pager::new(None, 10).offer_record(1, &other).is_err());
     }
 
     /// A page of one reason looks at no more than `PAGE_SCAN` letters, and then says where to go

@@ -25,8 +25,8 @@ use futures_util::StreamExt;
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
     Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, DeadPage, Feed, Lease, Leased, NewEvent,
-    Pager, Purged, Settle, Store, StoreError, StoredEvent, TopicState, dead_reason, decode,
-    decode_dead, encode, encode_dead, wanted,
+    Pager, Purged, Settle, Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode,
+    encode_dead, wanted_record,
 };
 use crate::{Locked, RwLocked};
 
@@ -418,10 +418,10 @@ impl Store for NatsStore {
             let mut seq = 1;
             while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
                 seq = at + 1;
-                let letter = decode_dead(record.as_ref())?;
-                if !wanted(reason, &letter) {
+                if !wanted_record(reason, record.as_ref())? {
                     continue;
                 }
+                let letter = decode_dead(record.as_ref())?;
                 let mut event = letter.stored.event;
                 // A replay is a decision to deliver: a TTL that had passed no longer applies.
                 event.deadline_ms = None;
@@ -459,12 +459,12 @@ impl Store for NatsStore {
                     let r = h.dead.purge().filter(h.dead_subject.clone()).await;
                     r.map_err(unavailable)?.purged
                 }
-                Some(only) => {
+                Some(_) => {
                     let last = h.dead_last().await?;
                     let (mut purged, mut seq) = (0, 1);
                     while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
                         seq = at + 1;
-                        if dead_reason(record.as_ref())? == only {
+                        if wanted_record(reason, record.as_ref())? {
                             h.dead.delete_message(at).await.map_err(unavailable)?;
                             purged += 1;
                         }

@@ -227,19 +227,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TopicName {
     }
 }
 
-/// The query of a dead-letter request. One that does not parse, or names a reason not in
-/// [`DEAD_REASONS`], is a `400` problem.
-struct DeadQuery<T>(T);
+/// A query string: one that does not parse is a `400` problem like any other bad input.
+struct ProblemQuery<T>(T);
 
-/// A query that may name a dead-letter reason.
-trait Reasoned {
-    fn reason(&self) -> Option<&str>;
-}
-
-impl<S, T> axum::extract::FromRequestParts<S> for DeadQuery<T>
+impl<S, T> axum::extract::FromRequestParts<S> for ProblemQuery<T>
 where
     S: Send + Sync,
-    T: serde::de::DeserializeOwned + Reasoned,
+    T: serde::de::DeserializeOwned,
 {
     type Rejection = Problem;
 
@@ -247,16 +241,38 @@ where
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, Problem> {
-        let bad = |what: String| Problem::bad_request(format!("bad query string: {what}"));
-        let Query(q) = Query::<T>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| bad(e.body_text()))?;
-        match q.reason() {
-            Some(r) if !DEAD_REASONS.contains(&r) => Err(bad(format!(
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(ProblemQuery(q)),
+            Err(e) => Err(bad_query(e.body_text())),
+        }
+    }
+}
+
+fn bad_query(what: impl std::fmt::Display) -> Problem {
+    Problem::bad_request(format!("bad query string: {what}"))
+}
+
+/// The `?reason=` of a dead-letter request, if any: one of [`DEAD_REASONS`], or a `400` problem.
+struct DeadReason(Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DeadReason {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        #[derive(Deserialize)]
+        struct ReasonQuery {
+            reason: Option<String>,
+        }
+        let ProblemQuery(q) = ProblemQuery::<ReasonQuery>::from_request_parts(parts, state).await?;
+        match q.reason {
+            Some(r) if !DEAD_REASONS.contains(&r.as_str()) => Err(bad_query(format!(
                 "reason must be one of {}, not {r:?}",
                 DEAD_REASONS.join(", ")
             ))),
-            _ => Ok(DeadQuery(q)),
+            reason => Ok(DeadReason(reason)),
         }
     }
 }
@@ -833,29 +849,11 @@ async fn show_topic(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) 
     }
 }
 
+/// Where a page of dead letters starts and how long it is (`?reason=` is [`DeadReason`]'s).
 #[derive(Deserialize)]
-struct ListQuery {
+struct PageQuery {
     limit: Option<usize>,
     after: Option<u64>,
-    reason: Option<String>,
-}
-
-/// The dead letters an operation takes: all, or those of `?reason=`.
-#[derive(Deserialize)]
-struct ReasonQuery {
-    reason: Option<String>,
-}
-
-impl Reasoned for ListQuery {
-    fn reason(&self) -> Option<&str> {
-        self.reason.as_deref()
-    }
-}
-
-impl Reasoned for ReasonQuery {
-    fn reason(&self) -> Option<&str> {
-        self.reason.as_deref()
-    }
 }
 
 /// Dead letters per page when the query names no `limit`, and the most it may name.
@@ -865,15 +863,16 @@ const DEAD_PAGE_MAX: usize = 1000;
 async fn dead_letters(
     State(gw): State<Arc<Gateway>>,
     TopicName(name): TopicName,
-    DeadQuery(q): DeadQuery<ListQuery>,
+    ProblemQuery(q): ProblemQuery<PageQuery>,
+    DeadReason(reason): DeadReason,
 ) -> Response {
     if gw.existing(&name).is_none() {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
     }
     let limit = q.limit.unwrap_or(DEAD_PAGE);
     if limit == 0 {
-        return Problem::bad_request(format!(
-            "bad query string: limit must be 1 to {DEAD_PAGE_MAX}, not 0"
+        return bad_query(format!(
+            "limit must be 1 to {DEAD_PAGE_MAX}, not 0 (a larger one is taken as {DEAD_PAGE_MAX})"
         ))
         .into_response();
     }
@@ -881,7 +880,7 @@ async fn dead_letters(
     let after = q.after.unwrap_or(0);
     match gw
         .store
-        .dead_letters(&name, q.reason.as_deref(), after, limit)
+        .dead_letters(&name, reason.as_deref(), after, limit)
         .await
     {
         Ok(page) => {
@@ -911,14 +910,14 @@ async fn dead_letters(
 async fn replay(
     State(gw): State<Arc<Gateway>>,
     TopicName(name): TopicName,
-    DeadQuery(q): DeadQuery<ReasonQuery>,
+    DeadReason(reason): DeadReason,
 ) -> Response {
     let replay = |store: Arc<dyn Store>, topic: Arc<Topic>, reason: Option<String>| async move {
         let events = store.replay(&topic.name, reason.as_deref()).await?;
         topic.record_replayed(&events);
         Ok(events)
     };
-    match on_dead_letters(&gw, &name, q.reason, replay).await {
+    match on_dead_letters(&gw, &name, reason, replay).await {
         Ok(events) => {
             let ids: Vec<String> = events.iter().map(|e| e.seq.to_string()).collect();
             axum::Json(json!({ "replayed": events.len(), "ids": ids })).into_response()
@@ -930,14 +929,14 @@ async fn replay(
 async fn purge(
     State(gw): State<Arc<Gateway>>,
     TopicName(name): TopicName,
-    DeadQuery(q): DeadQuery<ReasonQuery>,
+    DeadReason(reason): DeadReason,
 ) -> Response {
     let purge = |store: Arc<dyn Store>, topic: Arc<Topic>, reason: Option<String>| async move {
         let purged = store.purge_dead(&topic.name, reason.as_deref()).await?;
         topic.record_purged(purged);
         Ok(purged)
     };
-    match on_dead_letters(&gw, &name, q.reason, purge).await {
+    match on_dead_letters(&gw, &name, reason, purge).await {
         Ok(p) => axum::Json(json!({ "purged": p.events })).into_response(),
         Err(r) => r,
     }

@@ -189,9 +189,10 @@ impl<'a> Pager<'a> {
     /// # Errors
     /// A record that does not decode.
     pub fn offer_record(&mut self, pos: u64, record: &[u8]) -> Result<bool, StoreError> {
-        match self.reason {
-            Some(r) if dead_reason(record)? != r => Ok(self.pass(pos)),
-            _ => Ok(self.take(pos, decode_dead(record)?)),
+        if wanted_record(self.reason, record)? {
+            Ok(self.take(pos, decode_dead(record)?))
+        } else {
+            Ok(self.pass(pos))
         }
     }
 
@@ -230,8 +231,19 @@ impl<'a> Pager<'a> {
 }
 
 /// Whether `letter` is one an operation for `reason` (all, if `None`) takes.
-pub fn wanted(reason: Option<&str>, letter: &DeadEvent) -> bool {
+fn wanted(reason: Option<&str>, letter: &DeadEvent) -> bool {
     reason.is_none_or(|r| letter.reason == r)
+}
+
+/// [`wanted`] for a letter as stored ([`encode_dead`]), reading only its reason.
+///
+/// # Errors
+/// A record too short to hold a reason.
+pub fn wanted_record(reason: Option<&str>, record: &[u8]) -> Result<bool, StoreError> {
+    match reason {
+        None => Ok(true),
+        Some(r) => Ok(dead_reason(record)? == r),
+    }
 }
 
 /// The result of appending one event.
@@ -486,7 +498,7 @@ pub fn encode_dead(d: &DeadEvent) -> Vec<u8> {
 ///
 /// # Errors
 /// A record too short for it, or a reason that is not UTF-8.
-pub fn dead_reason(b: &[u8]) -> Result<&str, StoreError> {
+fn dead_reason(b: &[u8]) -> Result<&str, StoreError> {
     let bad = || StoreError::Unavailable("corrupt dead-letter record".into());
     let len = b.get(20..24).ok_or_else(bad)?;
     let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
@@ -722,7 +734,7 @@ impl Db {
         f(&db.begin_read().map_err(err)?)
     }
 
-    /// Up to `max` dead letters of `topic`, oldest first.
+    /// A page of `topic`'s dead letters (see [`Store::dead_letters`]).
     fn read_dead(
         &self,
         topic: &str,
@@ -1428,10 +1440,10 @@ impl Writer {
                                 .collect::<Result<_, _>>()
                                 .map_err(err)?;
                             for (old, bytes) in rows {
-                                let d = decode_dead(&bytes)?;
-                                if !wanted(reason.as_deref(), &d) {
+                                if !wanted_record(reason.as_deref(), &bytes)? {
                                     continue;
                                 }
+                                let d = decode_dead(&bytes)?;
                                 dead.remove((topic.as_str(), old)).map_err(err)?;
                                 let seq = take_seq(&mut self.next, &topic);
                                 let mut event = d.stored.event;
@@ -1458,9 +1470,9 @@ impl Writer {
                                 .map_err(err)?
                             {
                                 let (k, v) = r.map_err(err)?;
-                                let d = decode_dead(v.value())?;
-                                if wanted(reason.as_deref(), &d) {
-                                    rows.push((k.value().1, d.stored.event.body.len() as u64));
+                                if wanted_record(reason.as_deref(), v.value())? {
+                                    let body = decode_dead(v.value())?.stored.event.body.len();
+                                    rows.push((k.value().1, body as u64));
                                 }
                             }
                             for (seq, bytes) in rows {
@@ -2082,11 +2094,9 @@ mod tests {
         pages_through_five(&s).await;
     }
 
-    /// A page holds no more than `PAGE_BYTES` of bodies, but always one letter; a stored letter
-    /// of another reason is passed over without being decoded.
-    #[test]
-    fn a_page_is_bounded_in_bytes_and_decodes_only_what_it_takes() {
-        let letter = |reason: &str, size: usize| DeadEvent {
+    /// A dead letter of `reason` whose body is `size` bytes.
+    fn letter(reason: &str, size: usize) -> DeadEvent {
+        DeadEvent {
             stored: StoredEvent {
                 seq: 0,
                 event: NewEvent {
@@ -2098,7 +2108,13 @@ mod tests {
             error: String::new(),
             attempts: 0,
             dead_ms: 0,
-        };
+        }
+    }
+
+    /// A page holds no more than `PAGE_BYTES` of bodies, but always one letter; a stored letter
+    /// of another reason is passed over without being decoded.
+    #[test]
+    fn a_page_is_bounded_in_bytes_and_decodes_only_what_it_takes() {
         let half = PAGE_BYTES / 2;
         let mut pager = Pager::new(None, 10);
         assert!(pager.offer(1, letter("shed", half)));
@@ -2130,16 +2146,7 @@ mod tests {
     /// on; a page of all of them is not cut short.
     #[test]
     fn a_page_of_a_rare_reason_stops_after_page_scan_letters() {
-        let letter = |reason: &str| DeadEvent {
-            stored: StoredEvent {
-                seq: 0,
-                event: event("x", None),
-            },
-            reason: reason.into(),
-            error: String::new(),
-            attempts: 0,
-            dead_ms: 0,
-        };
+        let letter = |reason: &str| letter(reason, 1);
         let mut rare = Pager::new(Some("permanent"), 10);
         let mut all = Pager::new(None, 10);
         for pos in 1..PAGE_SCAN as u64 {
@@ -2395,11 +2402,10 @@ impl Store for MemoryStore {
         reason: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
         let out = self.with(topic, |t| {
-            let (dead, kept) = std::mem::take(&mut t.dead)
+            let (dead, kept): (std::collections::BTreeMap<_, _>, _) = std::mem::take(&mut t.dead)
                 .into_iter()
                 .partition(|(_, d)| wanted(reason, d));
             t.dead = kept;
-            let dead: std::collections::BTreeMap<u64, DeadEvent> = dead;
             dead.into_values()
                 .map(|d| {
                     t.next += 1;

@@ -71,7 +71,8 @@ macro_rules! checks {
 }
 
 /// Paired rounds of `CHECKS` checks each: governor's time over floodway's, on each clock kind,
-/// with the results kept whole and as a decision only.
+/// with the results kept whole and as a decision only, then whole against governor returning its
+/// state.
 fn run_paired(rounds: usize) {
     let quota = governor::Quota::per_second(big());
     let ours = floodway::RateLimiter::new(floodway::Quota::per_second(big()));

@@ -24,9 +24,9 @@ use futures_util::StreamExt;
 
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
-    Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, DeadPage, Feed, Lease, Leased, NewEvent,
-    Pager, Purged, Settle, Store, StoreError, StoredEvent, TopicState, decode, decode_dead, encode,
-    encode_dead, wanted_record,
+    Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, DeadPage, DeadSelection, Feed, Lease,
+    Leased, NewEvent, Pager, Purged, Settle, Store, StoreError, StoredEvent, TopicState, decode,
+    decode_dead, encode, encode_dead,
 };
 use crate::{Locked, RwLocked};
 
@@ -382,7 +382,7 @@ impl Store for NatsStore {
     fn dead_letters<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
         after: u64,
         max: usize,
     ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
@@ -390,7 +390,7 @@ impl Store for NatsStore {
         Box::pin(async move {
             let h = handles?;
             // A letter's position is its sequence in the dead stream.
-            let mut pager = Pager::new(reason, max);
+            let mut pager = Pager::new(pick, max);
             let mut seq = after.checked_add(1);
             while let Some(from) = seq {
                 let Some((at, record)) = h.dead_from(from, None).await? else {
@@ -408,7 +408,7 @@ impl Store for NatsStore {
     fn replay<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
         let handles = self.handles(topic);
         Box::pin(async move {
@@ -418,7 +418,7 @@ impl Store for NatsStore {
             let mut seq = 1;
             while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
                 seq = at + 1;
-                if !wanted_record(reason, record.as_ref())? {
+                if !pick.takes_record(record.as_ref())? {
                     continue;
                 }
                 let letter = decode_dead(record.as_ref())?;
@@ -448,23 +448,23 @@ impl Store for NatsStore {
     fn purge_dead<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
     ) -> BoxFuture<'a, Result<Purged, StoreError>> {
         let handles = self.handles(topic);
         Box::pin(async move {
             let h = handles?;
-            let events = match reason {
+            let events = match pick.is_all() {
                 // All of them: the stream drops the subject's messages at once.
-                None => {
+                true => {
                     let r = h.dead.purge().filter(h.dead_subject.clone()).await;
                     r.map_err(unavailable)?.purged
                 }
-                Some(_) => {
+                false => {
                     let last = h.dead_last().await?;
                     let (mut purged, mut seq) = (0, 1);
                     while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
                         seq = at + 1;
-                        if wanted_record(reason, record.as_ref())? {
+                        if pick.takes_record(record.as_ref())? {
                             h.dead.delete_message(at).await.map_err(unavailable)?;
                             purged += 1;
                         }

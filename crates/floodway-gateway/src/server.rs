@@ -1,6 +1,6 @@
 //! The HTTP API: ingest, topic and dead-letter operations, metrics and health.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +23,9 @@ use crate::config::{Backend, Config, Role, SinkConfig, Strategy, TopicConfig, va
 use crate::conn::{Connections, Limited};
 use crate::problem::Problem;
 use crate::sink::Sink;
-use crate::store::{Appended, BoxFuture, NewEvent, Store, StoreError, TopicState, now_ms};
+use crate::store::{
+    Appended, BoxFuture, DeadSelection, NewEvent, Store, StoreError, TopicState, now_ms,
+};
 use crate::topic::{DEAD_REASONS, Refusal, Reservation, Topic};
 
 /// At most this many topics are created on first use; beyond it, new names are refused.
@@ -252,10 +254,12 @@ fn bad_query(what: impl std::fmt::Display) -> Problem {
     Problem::bad_request(format!("bad query string: {what}"))
 }
 
-/// The `?reason=` of a dead-letter request, if any: one of [`DEAD_REASONS`], or a `400` problem.
-struct DeadReason(Option<String>);
+/// Which dead letters a request acts on: `?reason=` (one of [`DEAD_REASONS`]) and `?ids=` (up to
+/// [`DEAD_PAGE_MAX`] event ids, separated by commas), each optional; a `400` problem when either
+/// is not understood.
+struct DeadPick(DeadSelection);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DeadReason {
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DeadPick {
     type Rejection = Problem;
 
     async fn from_request_parts(
@@ -263,18 +267,42 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DeadReason {
         state: &S,
     ) -> Result<Self, Problem> {
         #[derive(Deserialize)]
-        struct ReasonQuery {
+        struct PickQuery {
             reason: Option<String>,
+            ids: Option<String>,
         }
-        let ProblemQuery(q) = ProblemQuery::<ReasonQuery>::from_request_parts(parts, state).await?;
-        match q.reason {
-            Some(r) if !DEAD_REASONS.contains(&r.as_str()) => Err(bad_query(format!(
+        let ProblemQuery(q) = ProblemQuery::<PickQuery>::from_request_parts(parts, state).await?;
+        if let Some(r) = q.reason.as_deref().filter(|r| !DEAD_REASONS.contains(r)) {
+            return Err(bad_query(format!(
                 "reason must be one of {}, not {r:?}",
                 DEAD_REASONS.join(", ")
-            ))),
-            reason => Ok(DeadReason(reason)),
+            )));
         }
+        let ids = q.ids.as_deref().map(event_ids).transpose();
+        let ids = ids.map_err(bad_query)?;
+        Ok(DeadPick(DeadSelection {
+            reason: q.reason,
+            ids,
+        }))
     }
+}
+
+/// The ids of `?ids=`: event ids separated by commas, at least one and at most [`DEAD_PAGE_MAX`];
+/// else what is wrong with them.
+fn event_ids(text: &str) -> Result<BTreeSet<u64>, String> {
+    let mut ids = BTreeSet::new();
+    for (n, id) in text.split(',').enumerate() {
+        if n == DEAD_PAGE_MAX {
+            return Err(format!(
+                "ids names more than {DEAD_PAGE_MAX} ids; act on them in parts"
+            ));
+        }
+        let id = id.parse().map_err(|_| {
+            format!("ids must be event ids separated by commas (ids=3,17), and {id:?} is not an id")
+        })?;
+        ids.insert(id);
+    }
+    Ok(ids)
 }
 
 async fn no_route(uri: axum::http::Uri) -> Response {
@@ -849,7 +877,8 @@ async fn show_topic(State(gw): State<Arc<Gateway>>, TopicName(name): TopicName) 
     }
 }
 
-/// Where a page of dead letters starts and how long it is (`?reason=` is [`DeadReason`]'s).
+/// Where a page of dead letters starts and how long it is (`?reason=` and `?ids=` are
+/// [`DeadPick`]'s).
 #[derive(Deserialize)]
 struct PageQuery {
     limit: Option<usize>,
@@ -864,7 +893,7 @@ async fn dead_letters(
     State(gw): State<Arc<Gateway>>,
     TopicName(name): TopicName,
     ProblemQuery(q): ProblemQuery<PageQuery>,
-    DeadReason(reason): DeadReason,
+    DeadPick(pick): DeadPick,
 ) -> Response {
     if gw.existing(&name).is_none() {
         return Problem::not_found(format!("unknown topic {name:?}")).into_response();
@@ -878,11 +907,7 @@ async fn dead_letters(
     }
     let limit = limit.min(DEAD_PAGE_MAX);
     let after = q.after.unwrap_or(0);
-    match gw
-        .store
-        .dead_letters(&name, reason.as_deref(), after, limit)
-        .await
-    {
+    match gw.store.dead_letters(&name, &pick, after, limit).await {
         Ok(page) => {
             let items: Vec<_> = page
                 .letters
@@ -910,14 +935,14 @@ async fn dead_letters(
 async fn replay(
     State(gw): State<Arc<Gateway>>,
     TopicName(name): TopicName,
-    DeadReason(reason): DeadReason,
+    DeadPick(pick): DeadPick,
 ) -> Response {
-    let replay = |store: Arc<dyn Store>, topic: Arc<Topic>, reason: Option<String>| async move {
-        let events = store.replay(&topic.name, reason.as_deref()).await?;
+    let replay = |store: Arc<dyn Store>, topic: Arc<Topic>, pick: DeadSelection| async move {
+        let events = store.replay(&topic.name, &pick).await?;
         topic.record_replayed(&events);
         Ok(events)
     };
-    match on_dead_letters(&gw, &name, reason, replay).await {
+    match on_dead_letters(&gw, &name, pick, replay).await {
         Ok(events) => {
             let ids: Vec<String> = events.iter().map(|e| e.seq.to_string()).collect();
             axum::Json(json!({ "replayed": events.len(), "ids": ids })).into_response()
@@ -929,26 +954,26 @@ async fn replay(
 async fn purge(
     State(gw): State<Arc<Gateway>>,
     TopicName(name): TopicName,
-    DeadReason(reason): DeadReason,
+    DeadPick(pick): DeadPick,
 ) -> Response {
-    let purge = |store: Arc<dyn Store>, topic: Arc<Topic>, reason: Option<String>| async move {
-        let purged = store.purge_dead(&topic.name, reason.as_deref()).await?;
+    let purge = |store: Arc<dyn Store>, topic: Arc<Topic>, pick: DeadSelection| async move {
+        let purged = store.purge_dead(&topic.name, &pick).await?;
         topic.record_purged(purged);
         Ok(purged)
     };
-    match on_dead_letters(&gw, &name, reason, purge).await {
+    match on_dead_letters(&gw, &name, pick, purge).await {
         Ok(p) => axum::Json(json!({ "purged": p.events })).into_response(),
         Err(r) => r,
     }
 }
 
-/// A replay or a purge of topic `name`'s dead letters (those of `reason` only, if given): `op` is
-/// given the store, the topic and the reason, and runs to the end.
+/// A replay or a purge of the dead letters of topic `name` that `pick` takes: `op` is given the
+/// store, the topic and `pick`, and runs to the end.
 async fn on_dead_letters<T, F>(
     gw: &Gateway,
     name: &str,
-    reason: Option<String>,
-    op: impl FnOnce(Arc<dyn Store>, Arc<Topic>, Option<String>) -> F,
+    pick: DeadSelection,
+    op: impl FnOnce(Arc<dyn Store>, Arc<Topic>, DeadSelection) -> F,
 ) -> Result<T, Response>
 where
     T: Send + 'static,
@@ -957,7 +982,7 @@ where
     let Some(topic) = gw.existing(name) else {
         return Err(Problem::not_found(format!("unknown topic {name:?}")).into_response());
     };
-    let work = op(gw.store.clone(), topic, reason);
+    let work = op(gw.store.clone(), topic, pick);
     to_the_end(work).await.map_err(IntoResponse::into_response)
 }
 
@@ -1391,7 +1416,7 @@ retry = { max_attempts = 1 }
         }
         let kept = gw
             .store
-            .dead_letters("t", None, 0, 10)
+            .dead_letters("t", &DeadSelection::default(), 0, 10)
             .await
             .unwrap()
             .letters;

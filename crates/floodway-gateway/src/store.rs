@@ -16,7 +16,7 @@
 //! synced store) holds its events on disk, which is what lets the gateway answer `202` only for
 //! events that are.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -125,6 +125,65 @@ pub struct DeadEvent {
     pub dead_ms: u64,
 }
 
+/// Which of a topic's dead letters a listing, a replay or a purge takes: all of them (the
+/// default), those of one reason, those with given ids, or those that are both.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadSelection {
+    /// Only letters of this reason (`expired`, `shed`, `permanent`, `exhausted`).
+    pub reason: Option<String>,
+    /// Only letters of these events (their ids as listed).
+    pub ids: Option<BTreeSet<u64>>,
+}
+
+impl DeadSelection {
+    /// The letters of `reason` only.
+    #[cfg(test)]
+    pub fn of_reason(reason: &str) -> Self {
+        DeadSelection {
+            reason: Some(reason.to_owned()),
+            ids: None,
+        }
+    }
+
+    /// The letters of the events `ids` only.
+    #[cfg(test)]
+    pub fn of_ids(ids: impl IntoIterator<Item = u64>) -> Self {
+        DeadSelection {
+            reason: None,
+            ids: Some(ids.into_iter().collect()),
+        }
+    }
+
+    /// True when every letter is taken.
+    pub fn is_all(&self) -> bool {
+        self.reason.is_none() && self.ids.is_none()
+    }
+
+    /// Whether the letter of event `id` with `reason` is taken.
+    fn takes_id_reason(&self, id: u64, reason: &str) -> bool {
+        self.ids.as_ref().is_none_or(|ids| ids.contains(&id))
+            && self.reason.as_deref().is_none_or(|r| r == reason)
+    }
+
+    /// Whether `letter` is taken.
+    fn takes(&self, letter: &DeadEvent) -> bool {
+        self.takes_id_reason(letter.stored.seq, &letter.reason)
+    }
+
+    /// [`takes`](Self::takes) for a letter as stored ([`encode_dead`]), reading only its id and
+    /// reason (and nothing when all are taken).
+    ///
+    /// # Errors
+    /// A record too short to hold them.
+    pub fn takes_record(&self, record: &[u8]) -> Result<bool, StoreError> {
+        if self.is_all() {
+            return Ok(true);
+        }
+        let (id, reason) = dead_id_reason(record)?;
+        Ok(self.takes_id_reason(id, reason))
+    }
+}
+
 /// One page of a topic's dead letters.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeadPage {
@@ -136,9 +195,9 @@ pub struct DeadPage {
     pub next: Option<u64>,
 }
 
-/// Dead letters a page looks at, at most, when only those of one reason are wanted: a page of
-/// a rare reason stops there, short or even empty, with a `next` to go on from, so that no one
-/// request reads a whole large dead-letter store.
+/// Dead letters a page looks at, at most, when only some are wanted (of one reason, or of given
+/// ids): a page of a rare reason stops there, short or even empty, with a `next` to go on from, so
+/// that no one request reads a whole large dead-letter store.
 pub const PAGE_SCAN: usize = 10_000;
 
 /// Event bodies a page holds, at most (but always one letter, however large): a page of a
@@ -148,7 +207,7 @@ pub const PAGE_BYTES: usize = 4 << 20;
 /// Builds one [`DeadPage`] from a topic's dead letters, offered in order.
 #[derive(Debug)]
 pub struct Pager<'a> {
-    reason: Option<&'a str>,
+    pick: &'a DeadSelection,
     max: usize,
     letters: Vec<DeadEvent>,
     /// Their bodies' bytes.
@@ -160,10 +219,10 @@ pub struct Pager<'a> {
 }
 
 impl<'a> Pager<'a> {
-    /// A page of up to `max` (at least 1) dead letters, of `reason` only if one is given.
-    pub fn new(reason: Option<&'a str>, max: usize) -> Self {
+    /// A page of up to `max` (at least 1) of the dead letters `pick` takes.
+    pub fn new(pick: &'a DeadSelection, max: usize) -> Self {
         Pager {
-            reason,
+            pick,
             max: max.max(1),
             letters: Vec::new(),
             bytes: 0,
@@ -176,7 +235,7 @@ impl<'a> Pager<'a> {
     /// Offers the dead letter at position `pos`, the one after the last offered; false once the
     /// page is done (the caller offers no more, and the page's `next` is set if more may follow).
     pub fn offer(&mut self, pos: u64, letter: DeadEvent) -> bool {
-        if wanted(self.reason, &letter) {
+        if self.pick.takes(&letter) {
             self.take(pos, letter)
         } else {
             self.pass(pos)
@@ -184,12 +243,12 @@ impl<'a> Pager<'a> {
     }
 
     /// [`offer`](Self::offer) for a letter as stored ([`encode_dead`]): decoded only if the page
-    /// takes it, so that a page of one reason does not decode the others' bodies.
+    /// takes it, so that a page of one reason (or of some ids) does not decode the others' bodies.
     ///
     /// # Errors
     /// A record that does not decode.
     pub fn offer_record(&mut self, pos: u64, record: &[u8]) -> Result<bool, StoreError> {
-        if wanted_record(self.reason, record)? {
+        if self.pick.takes_record(record)? {
             Ok(self.take(pos, decode_dead(record)?))
         } else {
             Ok(self.pass(pos))
@@ -214,7 +273,7 @@ impl<'a> Pager<'a> {
     fn pass(&mut self, pos: u64) -> bool {
         self.last = Some(pos);
         self.looked += 1;
-        if self.reason.is_some() && self.looked == PAGE_SCAN {
+        if !self.pick.is_all() && self.looked == PAGE_SCAN {
             self.next = Some(pos);
             return false;
         }
@@ -227,22 +286,6 @@ impl<'a> Pager<'a> {
             letters: self.letters,
             next: self.next,
         }
-    }
-}
-
-/// Whether `letter` is one an operation for `reason` (all, if `None`) takes.
-fn wanted(reason: Option<&str>, letter: &DeadEvent) -> bool {
-    reason.is_none_or(|r| letter.reason == r)
-}
-
-/// [`wanted`] for a letter as stored ([`encode_dead`]), reading only its reason.
-///
-/// # Errors
-/// A record too short to hold a reason.
-pub fn wanted_record(reason: Option<&str>, record: &[u8]) -> Result<bool, StoreError> {
-    match reason {
-        None => Ok(true),
-        Some(r) => Ok(dead_reason(record)? == r),
     }
 }
 
@@ -297,28 +340,27 @@ pub trait Store: Send + Sync + 'static {
     fn ack(&self, topic: &str, seqs: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Moves an event to the topic's dead letters.
     fn dead_letter(&self, topic: &str, dead: DeadEvent) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// A page of `topic`'s dead letters (of `reason` only, if given) past position `after` (0:
-    /// from the first), oldest first, as a [`Pager`] of `max` makes it.
+    /// A page of the dead letters of `topic` that `pick` takes, past position `after` (0: from
+    /// the first), oldest first, as a [`Pager`] of `max` makes it.
     fn dead_letters<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
         after: u64,
         max: usize,
     ) -> BoxFuture<'a, Result<DeadPage, StoreError>>;
-    /// Moves every dead letter of `topic` (of `reason` only, if given) back for delivery, with
-    /// new ids; returns them.
+    /// Moves every dead letter of `topic` that `pick` takes back for delivery, with new ids;
+    /// returns them.
     fn replay<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>>;
-    /// Removes every dead letter of `topic` (of `reason` only, if given) for good (the operator's
-    /// decision).
+    /// Removes every dead letter of `topic` that `pick` takes for good (the operator's decision).
     fn purge_dead<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
     ) -> BoxFuture<'a, Result<Purged, StoreError>>;
     /// Every topic with stored state, and what it holds.
     fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>>;
@@ -494,16 +536,19 @@ pub fn encode_dead(d: &DeadEvent) -> Vec<u8> {
     out
 }
 
-/// The reason of a dead letter as stored ([`encode_dead`]), read without decoding the rest.
+/// The event id and the reason of a dead letter as stored ([`encode_dead`]), read without
+/// decoding the rest.
 ///
 /// # Errors
-/// A record too short for it, or a reason that is not UTF-8.
-fn dead_reason(b: &[u8]) -> Result<&str, StoreError> {
+/// A record too short for them, or a reason that is not UTF-8.
+fn dead_id_reason(b: &[u8]) -> Result<(u64, &str), StoreError> {
     let bad = || StoreError::Unavailable("corrupt dead-letter record".into());
+    let id = b.get(..8).ok_or_else(bad)?;
+    let id = u64::from_le_bytes(id.try_into().map_err(|_| bad())?);
     let len = b.get(20..24).ok_or_else(bad)?;
     let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
     let reason = b.get(24..24 + len).ok_or_else(bad)?;
-    std::str::from_utf8(reason).map_err(|_| bad())
+    Ok((id, std::str::from_utf8(reason).map_err(|_| bad())?))
 }
 
 pub fn decode_dead(b: &[u8]) -> Result<DeadEvent, StoreError> {
@@ -622,8 +667,8 @@ enum Op {
     Append(String, Vec<NewEvent>, Reply<Vec<Appended>>),
     Ack(String, Vec<u64>, Reply<()>),
     Dead(String, DeadEvent, Reply<()>),
-    Replay(String, Option<String>, Reply<Vec<StoredEvent>>),
-    Purge(String, Option<String>, Reply<Purged>),
+    Replay(String, DeadSelection, Reply<Vec<StoredEvent>>),
+    Purge(String, DeadSelection, Reply<Purged>),
 }
 
 /// What an op will send back once its transaction commits.
@@ -696,6 +741,33 @@ fn move_to_dead(
     Ok(())
 }
 
+/// Calls `f` with the id and the stored record of each dead letter of `topic` that `pick` takes,
+/// in order: looked up one by one when it names ids, else read through.
+fn for_each_picked(
+    dead: &EventsTable<'_>,
+    topic: &str,
+    pick: &DeadSelection,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    if let Some(ids) = &pick.ids {
+        for &id in ids {
+            if let Some(v) = dead.get((topic, id)).map_err(err)? {
+                if pick.takes_record(v.value())? {
+                    f(id, v.value())?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    for row in dead.range((topic, 0)..=(topic, u64::MAX)).map_err(err)? {
+        let (k, v) = row.map_err(err)?;
+        if pick.takes_record(v.value())? {
+            f(k.value().1, v.value())?;
+        }
+    }
+    Ok(())
+}
+
 /// How soon the writer opens the database again after a failure left it unusable, and how often
 /// it tries again while that fails.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -738,7 +810,7 @@ impl Db {
     fn read_dead(
         &self,
         topic: &str,
-        reason: Option<&str>,
+        pick: &DeadSelection,
         after: u64,
         max: usize,
     ) -> Result<DeadPage, StoreError> {
@@ -747,7 +819,7 @@ impl Db {
         };
         self.read(|txn| {
             let t = txn.open_table(DEAD).map_err(err)?;
-            let mut pager = Pager::new(reason, max);
+            let mut pager = Pager::new(pick, max);
             for row in t.range((topic, first)..=(topic, u64::MAX)).map_err(err)? {
                 let (k, v) = row.map_err(err)?;
                 if !pager.offer_record(k.value().1, v.value())? {
@@ -1429,20 +1501,16 @@ impl Writer {
                             )?;
                             outcomes.push(Outcome::Unit(reply));
                         }
-                        Op::Replay(topic, reason, reply) => {
+                        Op::Replay(topic, pick, reply) => {
                             let dead = opened(&mut dead, txn, DEAD)?;
                             let events = opened(&mut events, txn, EVENTS)?;
                             let mut moved = Vec::new();
-                            let rows: Vec<(u64, Vec<u8>)> = dead
-                                .range((topic.as_str(), 0)..=(topic.as_str(), u64::MAX))
-                                .map_err(err)?
-                                .map(|r| r.map(|(k, v)| (k.value().1, v.value().to_vec())))
-                                .collect::<Result<_, _>>()
-                                .map_err(err)?;
+                            let mut rows = Vec::new();
+                            for_each_picked(dead, &topic, &pick, |old, record| {
+                                rows.push((old, record.to_vec()));
+                                Ok(())
+                            })?;
                             for (old, bytes) in rows {
-                                if !wanted_record(reason.as_deref(), &bytes)? {
-                                    continue;
-                                }
                                 let d = decode_dead(&bytes)?;
                                 dead.remove((topic.as_str(), old)).map_err(err)?;
                                 let seq = take_seq(&mut self.next, &topic);
@@ -1461,20 +1529,15 @@ impl Writer {
                             }
                             outcomes.push(Outcome::Replayed(reply, moved));
                         }
-                        Op::Purge(topic, reason, reply) => {
+                        Op::Purge(topic, pick, reply) => {
                             let dead = opened(&mut dead, txn, DEAD)?;
                             let mut purged = Purged::default();
                             let mut rows: Vec<(u64, u64)> = Vec::new();
-                            for r in dead
-                                .range((topic.as_str(), 0)..=(topic.as_str(), u64::MAX))
-                                .map_err(err)?
-                            {
-                                let (k, v) = r.map_err(err)?;
-                                if wanted_record(reason.as_deref(), v.value())? {
-                                    let body = decode_dead(v.value())?.stored.event.body.len();
-                                    rows.push((k.value().1, body as u64));
-                                }
-                            }
+                            for_each_picked(dead, &topic, &pick, |id, record| {
+                                let body = decode_dead(record)?.stored.event.body.len();
+                                rows.push((id, body as u64));
+                                Ok(())
+                            })?;
                             for (seq, bytes) in rows {
                                 dead.remove((topic.as_str(), seq)).map_err(err)?;
                                 purged.events += 1;
@@ -1621,34 +1684,32 @@ impl Store for RedbStore {
     fn dead_letters<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
         after: u64,
         max: usize,
     ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
         // A page of one reason may read thousands of rows: off the runtime's workers.
-        let (db, topic, reason) = (self.db.clone(), topic.to_owned(), reason.map(str::to_owned));
-        let read = tokio::task::spawn_blocking(move || {
-            db.read_dead(&topic, reason.as_deref(), after, max)
-        });
+        let (db, topic, pick) = (self.db.clone(), topic.to_owned(), pick.clone());
+        let read = tokio::task::spawn_blocking(move || db.read_dead(&topic, &pick, after, max));
         Box::pin(async move { read.await.map_err(err)? })
     }
 
     fn replay<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
-        let (topic, reason) = (topic.to_owned(), reason.map(str::to_owned));
-        Box::pin(self.call(move |r| Op::Replay(topic, reason, r)))
+        let (topic, pick) = (topic.to_owned(), pick.clone());
+        Box::pin(self.call(move |r| Op::Replay(topic, pick, r)))
     }
 
     fn purge_dead<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
     ) -> BoxFuture<'a, Result<Purged, StoreError>> {
-        let (topic, reason) = (topic.to_owned(), reason.map(str::to_owned));
-        Box::pin(self.call(move |r| Op::Purge(topic, reason, r)))
+        let (topic, pick) = (topic.to_owned(), pick.clone());
+        Box::pin(self.call(move |r| Op::Purge(topic, pick, r)))
     }
 
     fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
@@ -1948,7 +2009,9 @@ mod tests {
         w.reload();
         assert_eq!(committed_seqs(&w.db), vec![2]);
         assert_eq!(
-            w.db.read_dead("t", None, 0, 10).unwrap().letters,
+            w.db.read_dead("t", &DeadSelection::default(), 0, 10)
+                .unwrap()
+                .letters,
             vec![dead]
         );
         // A synced commit forgets what it made durable.
@@ -2046,42 +2109,71 @@ mod tests {
     }
 
     /// The ids of a page of `t`'s dead letters, and its `next`.
-    async fn page(s: &dyn Store, reason: Option<&str>, after: u64, max: usize) -> PageIds {
-        let p = s.dead_letters("t", reason, after, max).await.unwrap();
+    async fn page(s: &dyn Store, pick: &DeadSelection, after: u64, max: usize) -> PageIds {
+        let p = s.dead_letters("t", pick, after, max).await.unwrap();
         (p.letters.iter().map(|d| d.stored.seq).collect(), p.next)
+    }
+
+    /// The bodies of replayed events.
+    fn bodies(replayed: &[StoredEvent]) -> Vec<&[u8]> {
+        replayed.iter().map(|e| &e.event.body[..]).collect()
     }
 
     type PageIds = (Vec<u64>, Option<u64>);
 
     /// The five of [`bury_five`], a page at a time: each page starts past the cursor it was
-    /// given and gives the next one only if more follow; then by reason, replayed and purged.
+    /// given and gives the next one only if more follow; then by reason and by id, replayed and
+    /// purged.
     async fn pages_through_five(s: &dyn Store) {
-        assert_eq!(page(s, None, 0, 2).await, (vec![1, 2], Some(2)));
-        assert_eq!(page(s, None, 2, 2).await, (vec![3, 4], Some(4)));
-        assert_eq!(page(s, None, 4, 2).await, (vec![5], None));
-        assert_eq!(page(s, None, 0, 5).await, (vec![1, 2, 3, 4, 5], None));
-        assert_eq!(page(s, None, 1, 3).await, (vec![2, 3, 4], Some(4)));
-        assert_eq!(page(s, None, 5, 10).await, (vec![], None));
-        assert_eq!(page(s, None, u64::MAX, 10).await, (vec![], None));
+        let all = &DeadSelection::default();
+        assert_eq!(page(s, all, 0, 2).await, (vec![1, 2], Some(2)));
+        assert_eq!(page(s, all, 2, 2).await, (vec![3, 4], Some(4)));
+        assert_eq!(page(s, all, 4, 2).await, (vec![5], None));
+        assert_eq!(page(s, all, 0, 5).await, (vec![1, 2, 3, 4, 5], None));
+        assert_eq!(page(s, all, 1, 3).await, (vec![2, 3, 4], Some(4)));
+        assert_eq!(page(s, all, 5, 10).await, (vec![], None));
+        assert_eq!(page(s, all, u64::MAX, 10).await, (vec![], None));
         // One reason: the next page starts after the last letter looked at.
-        let shed = Some("shed");
+        let shed = &DeadSelection::of_reason("shed");
+        let expired = &DeadSelection::of_reason("expired");
         assert_eq!(page(s, shed, 0, 2).await, (vec![1, 3], Some(4)));
         assert_eq!(page(s, shed, 4, 2).await, (vec![5], None));
-        assert_eq!(page(s, Some("expired"), 0, 5).await, (vec![2, 4], None));
+        assert_eq!(page(s, expired, 0, 5).await, (vec![2, 4], None));
+        // Some ids, and some ids of one reason.
+        let two_five = DeadSelection::of_ids([2, 5]);
+        assert_eq!(page(s, &two_five, 0, 5).await, (vec![2, 5], None));
+        let shed_of_two_five = DeadSelection {
+            reason: Some("shed".into()),
+            ..two_five
+        };
+        assert_eq!(page(s, &shed_of_two_five, 0, 5).await, (vec![5], None));
 
-        let replayed = s.replay("t", Some("expired")).await.unwrap();
-        let bodies: Vec<&[u8]> = replayed.iter().map(|e| &e.event.body[..]).collect();
-        assert_eq!(bodies, [b"1", b"3"]);
-        assert_eq!(page(s, None, 0, 10).await, (vec![1, 3, 5], None));
-        let purged = s.purge_dead("t", Some("expired")).await.unwrap();
+        // Letter 4 is not shed, and there is no letter 99.
+        let four = DeadSelection::of_ids([4, 99]);
+        let shed_four = DeadSelection {
+            reason: Some("shed".into()),
+            ..four.clone()
+        };
+        assert!(s.replay("t", &shed_four).await.unwrap().is_empty());
+        assert_eq!(bodies(&s.replay("t", &four).await.unwrap()), [b"3"]);
+        assert_eq!(page(s, all, 0, 10).await, (vec![1, 2, 3, 5], None));
+        assert_eq!(bodies(&s.replay("t", expired).await.unwrap()), [b"1"]);
+        assert_eq!(page(s, all, 0, 10).await, (vec![1, 3, 5], None));
+        let purged = s.purge_dead("t", expired).await.unwrap();
         assert_eq!(purged.events, 0);
+        let purged = s
+            .purge_dead("t", &DeadSelection::of_ids([3]))
+            .await
+            .unwrap();
+        assert_eq!((purged.events, purged.bytes), (1, 1));
+        assert_eq!(page(s, all, 0, 10).await, (vec![1, 5], None));
         let purged = s.purge_dead("t", shed).await.unwrap();
-        assert_eq!((purged.events, purged.bytes), (3, 3));
-        assert_eq!(page(s, None, 0, 10).await, (vec![], None));
+        assert_eq!((purged.events, purged.bytes), (2, 2));
+        assert_eq!(page(s, all, 0, 10).await, (vec![], None));
     }
 
     #[tokio::test]
-    async fn dead_letters_are_read_a_page_at_a_time_and_taken_by_reason() {
+    async fn dead_letters_are_read_a_page_at_a_time_and_taken_by_reason_and_id() {
         let m = MemoryStore::default();
         bury_five(&m).await;
         pages_through_five(&m).await;
@@ -2116,30 +2208,39 @@ mod tests {
     #[test]
     fn a_page_is_bounded_in_bytes_and_decodes_only_what_it_takes() {
         let half = PAGE_BYTES / 2;
-        let mut pager = Pager::new(None, 10);
+        let all = &DeadSelection::default();
+        let mut pager = Pager::new(all, 10);
         assert!(pager.offer(1, letter("shed", half)));
         assert!(pager.offer(2, letter("shed", half)));
         assert!(!pager.offer(3, letter("shed", 1)));
         let page = pager.page();
         assert_eq!((page.letters.len(), page.next), (2, Some(2)));
         // One letter larger than the budget still makes a page of its own.
-        let mut pager = Pager::new(None, 10);
+        let mut pager = Pager::new(all, 10);
         assert!(pager.offer(1, letter("shed", PAGE_BYTES + 1)));
         assert!(!pager.offer(2, letter("shed", 1)));
         assert_eq!(pager.page().next, Some(1));
 
         // Stored letters: the other reason's record is cut short after its reason, so decoding it
-        // would fail; passed over, it is not decoded.
+        // would fail; passed over, it is not decoded. The same for a letter of another id.
         let mut other = encode_dead(&letter("shed", 10));
         other.truncate(24 + "shed".len());
         let wanted = encode_dead(&letter("expired", 10));
-        let mut pager = Pager::new(Some("expired"), 10);
+        let expired = &DeadSelection::of_reason("expired");
+        let mut pager = Pager::new(expired, 10);
         assert!(pager.offer_record(1, &other).unwrap());
         assert!(pager.offer_record(2, &wanted).unwrap());
         let page = pager.page();
         assert_eq!(page.letters.len(), 1);
         assert_eq!(page.letters[0].reason, "expired");
-        assert!(Pager::new(None, 10).offer_record(1, &other).is_err());
+        assert!(Pager::new(all, 10).offer_record(1, &other).is_err());
+        let mut id_seven = letter("shed", 10);
+        id_seven.stored.seq = 7;
+        let seven = &DeadSelection::of_ids([7]);
+        let mut pager = Pager::new(seven, 10);
+        assert!(pager.offer_record(1, &other).unwrap());
+        assert!(pager.offer_record(2, &encode_dead(&id_seven)).unwrap());
+        assert_eq!(pager.page().letters, [id_seven]);
     }
 
     /// A page of one reason looks at no more than `PAGE_SCAN` letters, and then says where to go
@@ -2147,8 +2248,12 @@ mod tests {
     #[test]
     fn a_page_of_a_rare_reason_stops_after_page_scan_letters() {
         let letter = |reason: &str| letter(reason, 1);
-        let mut rare = Pager::new(Some("permanent"), 10);
-        let mut all = Pager::new(None, 10);
+        let (permanent, every) = (
+            DeadSelection::of_reason("permanent"),
+            DeadSelection::default(),
+        );
+        let mut rare = Pager::new(&permanent, 10);
+        let mut all = Pager::new(&every, 10);
         for pos in 1..PAGE_SCAN as u64 {
             assert!(rare.offer(pos, letter("shed")));
         }
@@ -2250,7 +2355,7 @@ mod tests {
             .unwrap();
             readable_events(&s, 0).await;
             assert_eq!(
-                s.dead_letters("t", None, 0, 10)
+                s.dead_letters("t", &DeadSelection::default(), 0, 10)
                     .await
                     .unwrap()
                     .letters
@@ -2270,11 +2375,14 @@ mod tests {
                 dead_bytes: 1,
             }
         );
-        let replayed = s.replay("t", None).await.unwrap();
+        let replayed = s.replay("t", &DeadSelection::default()).await.unwrap();
         assert_eq!(replayed.len(), 1);
         assert_eq!(replayed[0].seq, 3);
         assert_eq!(replayed[0].event.deadline_ms, None);
-        assert_eq!(page(&s, None, 0, 10).await, (vec![], None));
+        assert_eq!(
+            page(&s, &DeadSelection::default(), 0, 10).await,
+            (vec![], None)
+        );
         assert_eq!(s.recover().await.unwrap()["t"].backlog_events, 1);
         // Dead again, then purged: gone for good, also after a restart.
         let dead = |stored: StoredEvent| DeadEvent {
@@ -2285,7 +2393,7 @@ mod tests {
             dead_ms: 6,
         };
         s.dead_letter("t", dead(replayed[0].clone())).await.unwrap();
-        let purged = s.purge_dead("t", None).await.unwrap();
+        let purged = s.purge_dead("t", &DeadSelection::default()).await.unwrap();
         assert_eq!(
             purged,
             Purged {
@@ -2295,7 +2403,10 @@ mod tests {
         );
         drop(s);
         let s = RedbStore::open(&path, Fsync::Batch).unwrap();
-        assert_eq!(page(&s, None, 0, 10).await, (vec![], None));
+        assert_eq!(
+            page(&s, &DeadSelection::default(), 0, 10).await,
+            (vec![], None)
+        );
         assert_eq!(s.recover().await.unwrap()["t"], TopicState::default());
     }
 }
@@ -2380,12 +2491,12 @@ impl Store for MemoryStore {
     fn dead_letters<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
         after: u64,
         max: usize,
     ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
         let page = self.with(topic, |t| {
-            let mut pager = Pager::new(reason, max);
+            let mut pager = Pager::new(pick, max);
             for (k, d) in t.dead.range(after.saturating_add(1)..) {
                 if !pager.offer(*k, d.clone()) {
                     break;
@@ -2399,12 +2510,12 @@ impl Store for MemoryStore {
     fn replay<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
     ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
         let out = self.with(topic, |t| {
             let (dead, kept): (std::collections::BTreeMap<_, _>, _) = std::mem::take(&mut t.dead)
                 .into_iter()
-                .partition(|(_, d)| wanted(reason, d));
+                .partition(|(_, d)| pick.takes(d));
             t.dead = kept;
             dead.into_values()
                 .map(|d| {
@@ -2423,12 +2534,12 @@ impl Store for MemoryStore {
     fn purge_dead<'a>(
         &'a self,
         topic: &'a str,
-        reason: Option<&'a str>,
+        pick: &'a DeadSelection,
     ) -> BoxFuture<'a, Result<Purged, StoreError>> {
         let purged = self.with(topic, |t| {
             let mut purged = Purged::default();
             t.dead.retain(|_, d| {
-                let gone = wanted(reason, d);
+                let gone = pick.takes(d);
                 if gone {
                     purged.events += 1;
                     purged.bytes += d.stored.event.body.len() as u64;
@@ -2532,28 +2643,27 @@ pub mod testing {
         fn dead_letters<'a>(
             &'a self,
             topic: &'a str,
-            reason: Option<&'a str>,
+            pick: &'a DeadSelection,
             after: u64,
             max: usize,
         ) -> BoxFuture<'a, Result<DeadPage, StoreError>> {
-            self.inner.dead_letters(topic, reason, after, max)
+            self.inner.dead_letters(topic, pick, after, max)
         }
         fn replay<'a>(
             &'a self,
             topic: &'a str,
-            reason: Option<&'a str>,
+            pick: &'a DeadSelection,
         ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
             self.replays.fetch_add(1, Ordering::AcqRel);
-            let (inner, topic) = (self.inner.clone(), topic.to_owned());
-            let reason = reason.map(str::to_owned);
-            self.after_gate(async move { inner.replay(&topic, reason.as_deref()).await })
+            let (inner, topic, pick) = (self.inner.clone(), topic.to_owned(), pick.clone());
+            self.after_gate(async move { inner.replay(&topic, &pick).await })
         }
         fn purge_dead<'a>(
             &'a self,
             topic: &'a str,
-            reason: Option<&'a str>,
+            pick: &'a DeadSelection,
         ) -> BoxFuture<'a, Result<Purged, StoreError>> {
-            self.inner.purge_dead(topic, reason)
+            self.inner.purge_dead(topic, pick)
         }
         fn recover(&self) -> BoxFuture<'_, Result<HashMap<String, TopicState>, StoreError>> {
             self.inner.recover()

@@ -162,6 +162,31 @@ async fn bad_input_gets_a_precise_problem_and_stores_nothing() {
             400,
             "reason must be one of expired, shed, permanent, exhausted, not \"old\"",
         ),
+        (
+            client.post(format!(
+                "{}/v1/topics/orders/dead-letters/replay?ids=3,x",
+                gw.url
+            )),
+            400,
+            "ids must be event ids separated by commas (ids=3,17), and \"x\" is not an id",
+        ),
+        (
+            client.get(format!("{}/v1/topics/orders/dead-letters?ids=", gw.url)),
+            400,
+            "and \"\" is not an id",
+        ),
+        (
+            client.delete(format!(
+                "{}/v1/topics/orders/dead-letters?ids={}",
+                gw.url,
+                (1..=1001)
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+            400,
+            "ids names more than 1000 ids; act on them in parts",
+        ),
     ];
     for (req, status, needle) in cases {
         let r = req.send().await.unwrap();

@@ -25,8 +25,8 @@ use futures_util::StreamExt;
 use crate::config::{NatsConfig, TopicConfig};
 use crate::store::{
     Appended, Backlog, BoxFuture, DEDUP_WINDOW, DeadEvent, DeadPage, DeadSelection, Feed, Lease,
-    Leased, NewEvent, Pager, Purged, Settle, Store, StoreError, StoredEvent, TopicState, decode,
-    decode_dead, encode, encode_dead,
+    Leased, NewEvent, Pager, Purged, Replayed, Settle, Store, StoreError, StoredEvent, TopicState,
+    decode, decode_dead, encode, encode_dead,
 };
 use crate::{Locked, RwLocked};
 
@@ -409,7 +409,7 @@ impl Store for NatsStore {
         &'a self,
         topic: &'a str,
         pick: &'a DeadSelection,
-    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<Replayed>, StoreError>> {
         let handles = self.handles(topic);
         Box::pin(async move {
             let h = handles?;
@@ -436,9 +436,12 @@ impl Store for NatsStore {
                     .await
                     .map_err(publish_error)?;
                 h.dead.delete_message(at).await.map_err(unavailable)?;
-                out.push(StoredEvent {
-                    seq: ack.sequence,
-                    event,
+                out.push(Replayed {
+                    stored: StoredEvent {
+                        seq: ack.sequence,
+                        event,
+                    },
+                    was: letter.stored.seq,
                 });
             }
             Ok(out)

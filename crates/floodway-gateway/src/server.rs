@@ -944,8 +944,10 @@ async fn replay(
     };
     match on_dead_letters(&gw, &name, pick, replay).await {
         Ok(events) => {
-            let ids: Vec<String> = events.iter().map(|e| e.seq.to_string()).collect();
-            axum::Json(json!({ "replayed": events.len(), "ids": ids })).into_response()
+            let ids: Vec<String> = events.iter().map(|e| e.stored.seq.to_string()).collect();
+            let dead_ids: Vec<String> = events.iter().map(|e| e.was.to_string()).collect();
+            axum::Json(json!({ "replayed": events.len(), "ids": ids, "dead_ids": dead_ids }))
+                .into_response()
         }
         Err(r) => r,
     }

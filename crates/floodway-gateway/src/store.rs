@@ -110,6 +110,15 @@ pub struct StoredEvent {
     pub event: NewEvent,
 }
 
+/// A dead letter put back for delivery.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replayed {
+    /// The event, under its new id.
+    pub stored: StoredEvent,
+    /// The id it had as a dead letter.
+    pub was: u64,
+}
+
 /// A dead-lettered event with why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeadEvent {
@@ -350,12 +359,12 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> BoxFuture<'a, Result<DeadPage, StoreError>>;
     /// Moves every dead letter of `topic` that `pick` takes back for delivery, with new ids;
-    /// returns them.
+    /// returns them, oldest first.
     fn replay<'a>(
         &'a self,
         topic: &'a str,
         pick: &'a DeadSelection,
-    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<Replayed>, StoreError>>;
     /// Removes every dead letter of `topic` that `pick` takes for good (the operator's decision).
     fn purge_dead<'a>(
         &'a self,
@@ -667,7 +676,7 @@ enum Op {
     Append(String, Vec<NewEvent>, Reply<Vec<Appended>>),
     Ack(String, Vec<u64>, Reply<()>),
     Dead(String, DeadEvent, Reply<()>),
-    Replay(String, DeadSelection, Reply<Vec<StoredEvent>>),
+    Replay(String, DeadSelection, Reply<Vec<Replayed>>),
     Purge(String, DeadSelection, Reply<Purged>),
 }
 
@@ -675,7 +684,7 @@ enum Op {
 enum Outcome {
     Appended(Reply<Vec<Appended>>, Vec<Appended>),
     Unit(Reply<()>),
-    Replayed(Reply<Vec<StoredEvent>>, Vec<StoredEvent>),
+    Replayed(Reply<Vec<Replayed>>, Vec<Replayed>),
     Purged(Reply<Purged>, Purged),
 }
 
@@ -1522,7 +1531,10 @@ impl Writer {
                                 events
                                     .insert((topic.as_str(), seq), buf.as_slice())
                                     .map_err(err)?;
-                                moved.push(StoredEvent { seq, event });
+                                moved.push(Replayed {
+                                    stored: StoredEvent { seq, event },
+                                    was: old,
+                                });
                             }
                             if !st.topics.contains(&topic) {
                                 st.topics.push(topic);
@@ -1698,7 +1710,7 @@ impl Store for RedbStore {
         &'a self,
         topic: &'a str,
         pick: &'a DeadSelection,
-    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<Replayed>, StoreError>> {
         let (topic, pick) = (topic.to_owned(), pick.clone());
         Box::pin(self.call(move |r| Op::Replay(topic, pick, r)))
     }
@@ -2114,9 +2126,12 @@ mod tests {
         (p.letters.iter().map(|d| d.stored.seq).collect(), p.next)
     }
 
-    /// The bodies of replayed events.
-    fn bodies(replayed: &[StoredEvent]) -> Vec<&[u8]> {
-        replayed.iter().map(|e| &e.event.body[..]).collect()
+    /// The ids replayed events had as dead letters, and their bodies.
+    fn bodies(replayed: &[Replayed]) -> Vec<(u64, &[u8])> {
+        replayed
+            .iter()
+            .map(|e| (e.was, &e.stored.event.body[..]))
+            .collect()
     }
 
     type PageIds = (Vec<u64>, Option<u64>);
@@ -2155,9 +2170,11 @@ mod tests {
             ..four.clone()
         };
         assert!(s.replay("t", &shed_four).await.unwrap().is_empty());
-        assert_eq!(bodies(&s.replay("t", &four).await.unwrap()), [b"3"]);
+        let three: &[u8] = b"3";
+        assert_eq!(bodies(&s.replay("t", &four).await.unwrap()), [(4, three)]);
         assert_eq!(page(s, all, 0, 10).await, (vec![1, 2, 3, 5], None));
-        assert_eq!(bodies(&s.replay("t", expired).await.unwrap()), [b"1"]);
+        let one: &[u8] = b"1";
+        assert_eq!(bodies(&s.replay("t", expired).await.unwrap()), [(2, one)]);
         assert_eq!(page(s, all, 0, 10).await, (vec![1, 3, 5], None));
         let purged = s.purge_dead("t", expired).await.unwrap();
         assert_eq!(purged.events, 0);
@@ -2377,8 +2394,8 @@ mod tests {
         );
         let replayed = s.replay("t", &DeadSelection::default()).await.unwrap();
         assert_eq!(replayed.len(), 1);
-        assert_eq!(replayed[0].seq, 3);
-        assert_eq!(replayed[0].event.deadline_ms, None);
+        assert_eq!((replayed[0].stored.seq, replayed[0].was), (3, 2));
+        assert_eq!(replayed[0].stored.event.deadline_ms, None);
         assert_eq!(
             page(&s, &DeadSelection::default(), 0, 10).await,
             (vec![], None)
@@ -2392,7 +2409,9 @@ mod tests {
             attempts: 1,
             dead_ms: 6,
         };
-        s.dead_letter("t", dead(replayed[0].clone())).await.unwrap();
+        s.dead_letter("t", dead(replayed[0].stored.clone()))
+            .await
+            .unwrap();
         let purged = s.purge_dead("t", &DeadSelection::default()).await.unwrap();
         assert_eq!(
             purged,
@@ -2511,7 +2530,7 @@ impl Store for MemoryStore {
         &'a self,
         topic: &'a str,
         pick: &'a DeadSelection,
-    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<Replayed>, StoreError>> {
         let out = self.with(topic, |t| {
             let (dead, kept): (std::collections::BTreeMap<_, _>, _) = std::mem::take(&mut t.dead)
                 .into_iter()
@@ -2520,10 +2539,13 @@ impl Store for MemoryStore {
             dead.into_values()
                 .map(|d| {
                     t.next += 1;
-                    t.events.insert(t.next, d.stored.event.clone());
-                    StoredEvent {
-                        seq: t.next,
-                        event: d.stored.event,
+                    let mut event = d.stored.event;
+                    // As on the other backends: a replayed event's TTL no longer applies.
+                    event.deadline_ms = None;
+                    t.events.insert(t.next, event.clone());
+                    Replayed {
+                        stored: StoredEvent { seq: t.next, event },
+                        was: d.stored.seq,
                     }
                 })
                 .collect()
@@ -2653,7 +2675,7 @@ pub mod testing {
             &'a self,
             topic: &'a str,
             pick: &'a DeadSelection,
-        ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
+        ) -> BoxFuture<'a, Result<Vec<Replayed>, StoreError>> {
             self.replays.fetch_add(1, Ordering::AcqRel);
             let (inner, topic, pick) = (self.inner.clone(), topic.to_owned(), pick.clone());
             self.after_gate(async move { inner.replay(&topic, &pick).await })

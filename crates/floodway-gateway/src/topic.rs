@@ -25,7 +25,7 @@ use crate::Locked;
 use crate::config::{Algorithm, Rate, Strategy, TopicConfig};
 use crate::sink::{Attempt, Sink};
 use crate::store::{
-    DeadEvent, Feed, Lease, Purged, Settle, Store, StoredEvent, TopicState, now_ms,
+    DeadEvent, Feed, Lease, Purged, Replayed, Settle, Store, StoredEvent, TopicState, now_ms,
 };
 
 /// Why an event is dead-lettered: past its TTL, shed under overload, refused for good by the
@@ -505,11 +505,14 @@ impl Topic {
     }
 
     /// Events added back to the backlog by a replay.
-    pub fn record_replayed(&self, events: &[StoredEvent]) {
+    pub fn record_replayed(&self, events: &[Replayed]) {
         if self.shared {
             return; // the next read of the shared backlog counts them
         }
-        let bytes: u64 = events.iter().map(|e| e.event.body.len() as u64).sum();
+        let bytes: u64 = events
+            .iter()
+            .map(|e| e.stored.event.body.len() as u64)
+            .sum();
         self.backlog_events
             .fetch_add(events.len() as u64, Ordering::AcqRel);
         self.backlog_bytes.fetch_add(bytes, Ordering::AcqRel);

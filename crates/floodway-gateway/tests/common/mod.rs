@@ -243,6 +243,10 @@ pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
     assert_eq!(none["replayed"], 0);
     let replayed = json_of(client.post(format!("{dl_url}/replay?reason=expired"))).await;
     assert_eq!(replayed["replayed"], 1);
+    assert_eq!(
+        replayed["dead_ids"],
+        serde_json::json!([dl["dead_letters"][0]["id"]])
+    );
     let new_id = replayed["ids"][0].as_str().unwrap().to_owned();
     wait_for(
         Duration::from_secs(20),
@@ -277,6 +281,7 @@ pub async fn expire_and_replay(ingest: &str, admin: &str, sink: &Proc) {
     assert_eq!(listed["dead_letters"][0]["body"]["doomed"], 1);
     let again = json_of(client.post(format!("{dl_url}/replay?ids={one}"))).await;
     assert_eq!(again["replayed"], 1);
+    assert_eq!(again["dead_ids"], serde_json::json!([one]));
     let new_one = again["ids"][0].as_str().unwrap().to_owned();
     wait_for(
         Duration::from_secs(20),

@@ -2126,8 +2126,10 @@ mod tests {
         (p.letters.iter().map(|d| d.stored.seq).collect(), p.next)
     }
 
-    /// The ids replayed events had as dead letters, and their bodies.
+    /// The ids replayed events had as dead letters, and their bodies; each must have had its TTL
+    /// lifted (the events of [`bury_five`] have one).
     fn bodies(replayed: &[Replayed]) -> Vec<(u64, &[u8])> {
+        assert!(replayed.iter().all(|e| e.stored.event.deadline_ms.is_none()));
         replayed
             .iter()
             .map(|e| (e.was, &e.stored.event.body[..]))

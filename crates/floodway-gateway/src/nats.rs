@@ -456,24 +456,21 @@ impl Store for NatsStore {
         let handles = self.handles(topic);
         Box::pin(async move {
             let h = handles?;
-            let events = match pick.is_all() {
+            let events = if pick.is_all() {
                 // All of them: the stream drops the subject's messages at once.
-                true => {
-                    let r = h.dead.purge().filter(h.dead_subject.clone()).await;
-                    r.map_err(unavailable)?.purged
-                }
-                false => {
-                    let last = h.dead_last().await?;
-                    let (mut purged, mut seq) = (0, 1);
-                    while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
-                        seq = at + 1;
-                        if pick.takes_record(record.as_ref())? {
-                            h.dead.delete_message(at).await.map_err(unavailable)?;
-                            purged += 1;
-                        }
+                let r = h.dead.purge().filter(h.dead_subject.clone()).await;
+                r.map_err(unavailable)?.purged
+            } else {
+                let last = h.dead_last().await?;
+                let (mut purged, mut seq) = (0, 1);
+                while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
+                    seq = at + 1;
+                    if pick.takes_record(record.as_ref())? {
+                        h.dead.delete_message(at).await.map_err(unavailable)?;
+                        purged += 1;
                     }
-                    purged
                 }
+                purged
             };
             // The next backlog read asks the stream again rather than report the old count.
             *h.dead_seen.locked() = None;

@@ -2129,7 +2129,11 @@ mod tests {
     /// The ids replayed events had as dead letters, and their bodies; each must have had its TTL
     /// lifted (the events of [`bury_five`] have one).
     fn bodies(replayed: &[Replayed]) -> Vec<(u64, &[u8])> {
-        assert!(replayed.iter().all(|e| e.stored.event.deadline_ms.is_none()));
+        assert!(
+            replayed
+                .iter()
+                .all(|e| e.stored.event.deadline_ms.is_none())
+        );
         replayed
             .iter()
             .map(|e| (e.was, &e.stored.event.body[..]))

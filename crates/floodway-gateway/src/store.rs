@@ -205,8 +205,9 @@ pub struct DeadPage {
 }
 
 /// Dead letters a page looks at, at most, when only some are wanted (of one reason, or of given
-/// ids): a page of a rare reason stops there, short or even empty, with a `next` to go on from, so
-/// that no one request reads a whole large dead-letter store.
+/// ids where a backend reads through rather than looks them up): a page of a rare reason stops
+/// there, short or even empty, with a `next` to go on from, so that no one request reads a whole
+/// large dead-letter store.
 pub const PAGE_SCAN: usize = 10_000;
 
 /// Event bodies a page holds, at most (but always one letter, however large): a page of a
@@ -750,28 +751,31 @@ fn move_to_dead(
     Ok(())
 }
 
-/// Calls `f` with the id and the stored record of each dead letter of `topic` that `pick` takes,
-/// in order: looked up one by one when it names ids, else read through.
-fn for_each_picked(
-    dead: &EventsTable<'_>,
+/// Reads `topic`'s dead letters from id `from` on, in order, giving each one's id and stored
+/// record to `f` until it answers false: only those of the ids `pick` names, looked up one by one,
+/// if it names any; else every one. `f` still decides whether `pick` takes a letter of the right
+/// id (by its reason), so that a [`Pager`] can count the letters it looked at.
+fn for_each_read(
+    dead: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     topic: &str,
     pick: &DeadSelection,
-    mut f: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+    from: u64,
+    mut f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
     if let Some(ids) = &pick.ids {
-        for &id in ids {
+        for &id in ids.range(from..) {
             if let Some(v) = dead.get((topic, id)).map_err(err)? {
-                if pick.takes_record(v.value())? {
-                    f(id, v.value())?;
+                if !f(id, v.value())? {
+                    break;
                 }
             }
         }
         return Ok(());
     }
-    for row in dead.range((topic, 0)..=(topic, u64::MAX)).map_err(err)? {
+    for row in dead.range((topic, from)..=(topic, u64::MAX)).map_err(err)? {
         let (k, v) = row.map_err(err)?;
-        if pick.takes_record(v.value())? {
-            f(k.value().1, v.value())?;
+        if !f(k.value().1, v.value())? {
+            break;
         }
     }
     Ok(())
@@ -829,12 +833,9 @@ impl Db {
         self.read(|txn| {
             let t = txn.open_table(DEAD).map_err(err)?;
             let mut pager = Pager::new(pick, max);
-            for row in t.range((topic, first)..=(topic, u64::MAX)).map_err(err)? {
-                let (k, v) = row.map_err(err)?;
-                if !pager.offer_record(k.value().1, v.value())? {
-                    break;
-                }
-            }
+            for_each_read(&t, topic, pick, first, |pos, record| {
+                pager.offer_record(pos, record)
+            })?;
             Ok(pager.page())
         })
     }
@@ -1515,9 +1516,11 @@ impl Writer {
                             let events = opened(&mut events, txn, EVENTS)?;
                             let mut moved = Vec::new();
                             let mut rows = Vec::new();
-                            for_each_picked(dead, &topic, &pick, |old, record| {
-                                rows.push((old, record.to_vec()));
-                                Ok(())
+                            for_each_read(dead, &topic, &pick, 0, |old, record| {
+                                if pick.takes_record(record)? {
+                                    rows.push((old, record.to_vec()));
+                                }
+                                Ok(true)
                             })?;
                             for (old, bytes) in rows {
                                 let d = decode_dead(&bytes)?;
@@ -1545,10 +1548,12 @@ impl Writer {
                             let dead = opened(&mut dead, txn, DEAD)?;
                             let mut purged = Purged::default();
                             let mut rows: Vec<(u64, u64)> = Vec::new();
-                            for_each_picked(dead, &topic, &pick, |id, record| {
-                                let body = decode_dead(record)?.stored.event.body.len();
-                                rows.push((id, body as u64));
-                                Ok(())
+                            for_each_read(dead, &topic, &pick, 0, |id, record| {
+                                if pick.takes_record(record)? {
+                                    let body = decode_dead(record)?.stored.event.body.len();
+                                    rows.push((id, body as u64));
+                                }
+                                Ok(true)
                             })?;
                             for (seq, bytes) in rows {
                                 dead.remove((topic.as_str(), seq)).map_err(err)?;
@@ -2207,6 +2212,43 @@ mod tests {
         s.append("t", vec![event("later", None)]).await.unwrap();
         readable_events(&s, 1).await;
         pages_through_five(&s).await;
+    }
+
+    /// On the embedded store a page of some ids looks those ids up, however deep in the dead
+    /// letters they lie; a page of one reason reads through and stops after `PAGE_SCAN`.
+    #[test]
+    fn a_page_of_ids_is_looked_up_not_read_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let db = Db::open(move || Database::create(&path).map_err(err)).unwrap();
+        let last = PAGE_SCAN as u64 + 5;
+        {
+            let txn = db.begin_write().unwrap();
+            let mut dead = txn.open_table(DEAD).unwrap();
+            for id in 1..=last {
+                let mut l = letter("shed", 1);
+                l.stored.seq = id;
+                dead.insert(("t", id), encode_dead(&l).as_slice()).unwrap();
+            }
+            drop(dead);
+            txn.commit().unwrap();
+        }
+        let ids = |page: &DeadPage| {
+            page.letters
+                .iter()
+                .map(|l| l.stored.seq)
+                .collect::<Vec<_>>()
+        };
+        let deep = DeadSelection::of_ids([2, last, last + 1]);
+        let page = db.read_dead("t", &deep, 0, 10).unwrap();
+        assert_eq!((ids(&page), page.next), (vec![2, last], None));
+        let page = db.read_dead("t", &deep, 0, 1).unwrap();
+        assert_eq!((ids(&page), page.next), (vec![2], Some(2)));
+        let page = db.read_dead("t", &deep, 2, 1).unwrap();
+        assert_eq!((ids(&page), page.next), (vec![last], None));
+        let rare = db.read_dead("t", &DeadSelection::of_reason("expired"), 0, 10);
+        let rare = rare.unwrap();
+        assert_eq!((ids(&rare), rare.next), (vec![], Some(PAGE_SCAN as u64)));
     }
 
     /// A dead letter of `reason` whose body is `size` bytes.

@@ -142,7 +142,7 @@ impl RateLimiter {
     /// Counts a refusal. Out of line, so the path that lets a request through stays small enough
     /// to inline; the refusal itself is built in the caller, so that an allowed and a refused
     /// result are written to the same place once (built here and returned, the refusal made the
-    /// compiler assemble every result on the stack and copy it, a few percent of a check).
+    /// compiler assemble every result on the stack and then copy it).
     #[cold]
     #[inline(never)]
     fn count_refusal(&self) {

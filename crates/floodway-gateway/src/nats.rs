@@ -80,6 +80,23 @@ impl Handles {
         }
     }
 
+    /// The first dead letter at sequence `seq` or after, up to `last`, that `pick` takes, as
+    /// stored, with its sequence (the others are passed over undecoded).
+    async fn taken_from(
+        &self,
+        pick: &DeadSelection,
+        mut seq: u64,
+        last: u64,
+    ) -> Result<Option<(u64, impl AsRef<[u8]> + use<>)>, StoreError> {
+        while let Some((at, record)) = self.dead_from(seq, Some(last)).await? {
+            if pick.takes_record(record.as_ref())? {
+                return Ok(Some((at, record)));
+            }
+            seq = at + 1;
+        }
+        Ok(None)
+    }
+
     /// The dead stream's last sequence now: an operation on the dead letters there takes only
     /// those, so that a replayed event that dies again (its TTL still past) waits for the next
     /// replay instead of looping.
@@ -416,11 +433,8 @@ impl Store for NatsStore {
             let last = h.dead_last().await?;
             let mut out = Vec::new();
             let mut seq = 1;
-            while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
+            while let Some((at, record)) = h.taken_from(pick, seq, last).await? {
                 seq = at + 1;
-                if !pick.takes_record(record.as_ref())? {
-                    continue;
-                }
                 let letter = decode_dead(record.as_ref())?;
                 let mut event = letter.stored.event;
                 // A replay is a decision to deliver: a TTL that had passed no longer applies.
@@ -463,12 +477,10 @@ impl Store for NatsStore {
             } else {
                 let last = h.dead_last().await?;
                 let (mut purged, mut seq) = (0, 1);
-                while let Some((at, record)) = h.dead_from(seq, Some(last)).await? {
+                while let Some((at, _)) = h.taken_from(pick, seq, last).await? {
                     seq = at + 1;
-                    if pick.takes_record(record.as_ref())? {
-                        h.dead.delete_message(at).await.map_err(unavailable)?;
-                        purged += 1;
-                    }
+                    h.dead.delete_message(at).await.map_err(unavailable)?;
+                    purged += 1;
                 }
                 purged
             };
